@@ -1,0 +1,256 @@
+"""Local platform on loopback: one L0 router, one L1 per shard, leaf replicas, each its own process.
+
+``LocalPlatform`` starts the processes in dependency order (leaves, then L1s, then L0), waits
+for each to report ready on ``/readyz``, and stops them in reverse order with SIGTERM so every
+tier drains. Tests and ``fmlite up`` use the same class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["ServerProcess", "LocalPlatform", "PlatformStartError", "artifacts_present", "train_artifacts", "run_up"]
+
+logger = logging.getLogger(__name__)
+
+
+class PlatformStartError(RuntimeError):
+    """A server process exited or did not become ready in time; the message carries its log tail."""
+
+
+@dataclass
+class ServerProcess:
+    role: str
+    command: list[str]
+    log_path: Path
+    port_file: Path
+    process: subprocess.Popen | None = None
+    port: int | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1.0) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class LocalPlatform:
+    """A whole platform on 127.0.0.1, with logs and port files in ``workdir``."""
+
+    profiles: Path
+    models: dict[str, Path]
+    shards: int = 2
+    leaves_per_shard: int = 2
+    l0_port: int = 0
+    traffic: Path | None = None
+    workdir: Path | None = None
+    leaf_args: Sequence[str] = ()
+    l1_args: Sequence[str] = ()
+    l0_args: Sequence[str] = ()
+    python: str = sys.executable
+    processes: list[ServerProcess] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="fmlite-platform-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    def _spawn(self, role: str, arguments: list[str]) -> ServerProcess:
+        port_file = self.workdir / f"{role}.port"
+        port_file.unlink(missing_ok=True)
+        log_path = self.workdir / f"{role}.log"
+        command = [self.python, "-m", "fmlite.cli", *arguments, "--port-file", str(port_file)]
+        server = ServerProcess(role, command, log_path, port_file)
+        with log_path.open("w") as log:
+            server.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.processes.append(server)
+        return server
+
+    def _wait_ready(self, servers: list[ServerProcess], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = list(servers)
+        while pending:
+            for server in list(pending):
+                code = server.process.poll()
+                if code is not None:
+                    raise PlatformStartError(f"{server.role} exited with code {code} during start; log tail:\n{server.log_tail()}")
+                if server.port is None and server.port_file.exists():
+                    text = server.port_file.read_text().strip()
+                    server.port = int(text) if text.isdigit() else None
+                if server.port is not None and _ready(server.port):
+                    pending.remove(server)
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(s.role for s in pending)
+                raise PlatformStartError(f"not ready after {timeout_s:.0f} s: {names}; log tail of {pending[0].role}:\n{pending[0].log_tail()}")
+            time.sleep(0.1)
+
+    def start(self, *, timeout_s: float = 300.0) -> "LocalPlatform":
+        try:
+            self._start(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, timeout_s: float) -> None:
+        model_args = [arg for name, path in self.models.items() for arg in ("--model", f"{name}={path}")]
+        leaves: dict[int, list[ServerProcess]] = {}
+        for shard in range(self.shards):
+            leaves[shard] = [
+                self._spawn(
+                    f"leaf-{shard}-{replica}",
+                    ["serve-leaf", "--listen", "127.0.0.1:0", "--shard", str(shard), "--num-shards", str(self.shards),
+                     "--profiles", str(self.profiles), *model_args, *self.leaf_args],
+                )
+                for replica in range(self.leaves_per_shard)
+            ]
+        self._wait_ready([s for group in leaves.values() for s in group], timeout_s)
+        l1s = [
+            self._spawn(
+                f"l1-{shard}",
+                ["serve-l1", "--listen", "127.0.0.1:0", "--shard", str(shard), "--num-shards", str(self.shards),
+                 "--leaves", ",".join(s.address for s in leaves[shard]), *self.l1_args],
+            )
+            for shard in range(self.shards)
+        ]
+        self._wait_ready(l1s, timeout_s)
+        l0_arguments = ["serve-l0", "--listen", f"127.0.0.1:{self.l0_port}"]
+        for shard, l1 in enumerate(l1s):
+            l0_arguments += ["--shard", f"{shard}={l1.address}"]
+        if self.traffic is not None:
+            l0_arguments += ["--traffic", str(self.traffic)]
+        self._wait_ready([self._spawn("l0", [*l0_arguments, *self.l0_args])], timeout_s)
+
+    def server(self, role: str) -> ServerProcess:
+        for server in self.processes:
+            if server.role == role:
+                return server
+        raise KeyError(f"no server {role!r}; running: {[s.role for s in self.processes]}")
+
+    @property
+    def l0_address(self) -> str:
+        return self.server("l0").address
+
+    def stop(self, *, timeout_s: float = 20.0) -> dict[str, int | None]:
+        """SIGTERM every process, front tier first; return each role's exit code."""
+        codes: dict[str, int | None] = {}
+        for tier in ("l0", "l1", "leaf"):
+            group = [s for s in self.processes if s.role.split("-")[0] == tier and s.process and s.process.poll() is None]
+            for server in group:
+                server.process.send_signal(signal.SIGTERM)
+            for server in group:
+                try:
+                    server.process.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    logger.error("%s did not exit %.0f s after SIGTERM; killing it", server.role, timeout_s)
+                    server.process.kill()
+                    server.process.wait()
+        for server in self.processes:
+            if server.process is not None:
+                codes[server.role] = server.process.poll()
+        return codes
+
+    def __enter__(self) -> "LocalPlatform":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def artifacts_present(var: Path) -> bool:
+    """Return True when ``var`` holds a published snapshot and at least one FM-Lite model version."""
+    models = var / "models" / "fmlite"
+    has_model = models.is_dir() and any(p.name.isdigit() and (p / "saved_model.pb").exists() for p in models.iterdir())
+    return (var / "profiles" / "CURRENT").exists() and has_model
+
+
+def train_artifacts(*, data: str, out: str, num_shards: int, epochs: int | None, seed: int) -> object:
+    """Build profiles and train FM-Lite into ``out`` with the offline pipeline."""
+    from model.pipeline import PipelineConfig, run_pipeline
+
+    options = {"data_dir": Path(data), "out_dir": Path(out), "num_shards": num_shards, "seed": seed}
+    if epochs is not None:
+        options["epochs"] = epochs
+    return run_pipeline(PipelineConfig(**options))
+
+
+def run_up(args: argparse.Namespace) -> int:
+    """``fmlite up``: train when artifacts are missing, start the platform, serve or replay once."""
+    from fmlite.serve import configure_logging
+
+    configure_logging("up")
+    var = Path(args.var)
+    if not artifacts_present(var):
+        print(f"no trained artifacts under {var}; building profiles and training on {args.data}", flush=True)
+        train_artifacts(data=args.data, out=str(var), num_shards=args.shards, epochs=None, seed=7)
+    else:
+        print(f"using trained artifacts under {var} (delete it to train again)", flush=True)
+    platform = LocalPlatform(
+        profiles=var / "profiles",
+        models={"fmlite": var / "models" / "fmlite"},
+        shards=args.shards,
+        leaves_per_shard=args.leaves_per_shard,
+        l0_port=0 if args.once else args.port,
+        traffic=Path(args.traffic) if args.traffic else None,
+        workdir=var / "run",
+    )
+    print(f"starting {args.shards} shards x {args.leaves_per_shard} leaves, {args.shards} L1 controllers and one L0 router "
+          f"(logs in {platform.workdir})", flush=True)
+    platform.start()
+    try:
+        print(f"L0 router listening on {platform.l0_address}", flush=True)
+        if args.once:
+            from fmlite.replay import replay_test_day
+
+            report = replay_test_day(address=platform.l0_address, data=args.data, var=var, timeout_ms=args.timeout_ms)
+            print(report.render(), flush=True)
+            return 0
+        from fmlite.replay import example_request
+
+        user, glances = example_request(var)
+        print("try:", flush=True)
+        print(f"  .venv/bin/fmlite predict --address {platform.l0_address} --user {user} --glances {','.join(glances)}", flush=True)
+        print("serving until interrupted (Ctrl-C)", flush=True)
+        stop = {"now": False}
+
+        def request_stop(signum: int, frame: object) -> None:
+            stop["now"] = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        while not stop["now"]:
+            for server in platform.processes:
+                if server.process.poll() is not None:
+                    print(f"{server.role} exited with code {server.process.returncode}; log tail:\n{server.log_tail()}", flush=True)
+                    return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        codes = platform.stop()
+        failed = {role: code for role, code in codes.items() if code not in (0, None)}
+        print("platform stopped" + (f"; non-zero exits: {failed}" if failed else ""), flush=True)

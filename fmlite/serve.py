@@ -1,0 +1,79 @@
+"""Process runtime of one server (L0, L1 or leaf): start, serve, drain on SIGTERM, exit 0.
+
+Order on start: bind the port (liveness answers), write the port file, load what the handler
+needs (readiness turns true when done). Order on SIGTERM or SIGINT: readiness false, stop
+accepting, finish in-flight calls within the drain timeout, close client pools, return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any, Callable
+
+from prometheus_client import CollectorRegistry
+
+from rpc.server import ServerConfig, ThriftHttpServer
+
+__all__ = ["run_server", "install_event_loop", "configure_logging"]
+
+logger = logging.getLogger(__name__)
+
+
+def configure_logging(role: str, level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format=f"%(asctime)s {role}[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def install_event_loop() -> str:
+    """Use uvloop when it is installed; return the loop implementation's name."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a base dependency on Linux
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+async def run_server(
+    handler: Any,
+    config: ServerConfig,
+    *,
+    registry: CollectorRegistry,
+    port_file: str | None = None,
+    load: Callable[[], None] | None = None,
+) -> None:
+    """Serve ``handler`` until SIGTERM or SIGINT, then drain and return."""
+    server = ThriftHttpServer(handler, config, registry=registry)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    port = await server.start()
+    if port_file:
+        temporary = Path(f"{port_file}.tmp")
+        temporary.write_text(f"{port}\n")
+        os.replace(temporary, port_file)
+    if hasattr(handler, "start"):
+        await handler.start()
+    if load is not None:
+        try:
+            await asyncio.to_thread(load)
+        except Exception:
+            logger.exception("%s failed to load; exiting", handler.tier)
+            await server.stop()
+            raise
+    logger.info("%s ready on port %d", handler.tier, port)
+
+    await stop.wait()
+    logger.info("%s received a stop signal", handler.tier)
+    handler.draining = True
+    await server.stop()
+    if hasattr(handler, "close"):
+        await handler.close()

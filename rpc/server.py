@@ -1,0 +1,209 @@
+"""Thrift-over-HTTP server on aiohttp, shared by every tier.
+
+Routes on one port: ``POST /thrift`` (binary-protocol calls), ``GET /healthz`` (liveness),
+``GET /readyz`` (readiness: 200 or 503) and ``GET /metrics`` (Prometheus text format).
+
+Contract:
+- a malformed body, wrong method or message type gets a Thrift application exception (HTTP 200,
+  as Thrift over HTTP does), never a crash; the connection is closed after such a reply;
+- a body larger than ``max_body_bytes`` gets the method's typed ``InvalidRequest`` naming the
+  limit when the header can be read, so a client never sees a bare 413;
+- ``stop()`` drains: readiness turns false first, the listening socket closes, in-flight calls
+  finish within ``drain_timeout_s``, then connections close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from thriftpy2.thrift import TApplicationException
+
+from rpc import codec
+from rpc.idl import fmlite_thrift
+from rpc.metrics import RpcMetrics
+from rpc.ratelimit import RateLimitedLog
+
+__all__ = ["Handler", "ServerConfig", "ThriftHttpServer", "THRIFT_PATH", "CONTENT_TYPE"]
+
+logger = logging.getLogger(__name__)
+
+THRIFT_PATH = "/thrift"
+CONTENT_TYPE = "application/x-thrift"
+
+
+class Handler(Protocol):
+    """What a tier provides to the server."""
+
+    tier: str
+
+    async def predict(self, request: Any) -> Any: ...
+
+    async def health(self) -> Any: ...
+
+    def readiness(self) -> tuple[bool, str]:
+        """Return (ready, status) where status is ok, degraded, loading or draining."""
+        ...
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Listening address and limits of one server process."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    # Largest accepted request body; sized by the caller from the glance-id and id-length limits.
+    max_body_bytes: int = 2 << 20
+    drain_timeout_s: float = 10.0
+
+
+_EXCEPTION_FIELDS: dict[str, dict[type, str]] = {}
+for _method in codec.METHODS:
+    _result_cls = getattr(codec.SERVICE, f"{_method}_result")
+    _fields = {}
+    for _spec in _result_cls.thrift_spec.values():
+        if _spec[1] != "success":
+            _fields[_spec[2]] = _spec[1]
+    _EXCEPTION_FIELDS[_method] = _fields
+
+
+class ThriftHttpServer:
+    """Serve a ``Handler`` over Thrift/HTTP with health, readiness and metrics routes."""
+
+    def __init__(self, handler: Handler, config: ServerConfig, *, registry: CollectorRegistry | None = None):
+        self.handler = handler
+        self.config = config
+        self.registry = registry or CollectorRegistry()
+        self.metrics = RpcMetrics(self.registry, tier=handler.tier)
+        self.draining = False
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._in_flight = 0
+        self._errors = RateLimitedLog(logger, interval_s=5.0)
+        self.port: int | None = None
+
+    def build_app(self) -> web.Application:
+        # aiohttp's own limit sits above ours so that an oversized body reaches _read_body,
+        # which answers with a typed error instead of a bare 413.
+        app = web.Application(client_max_size=self.config.max_body_bytes * 2 + 1024)
+        app.router.add_post(THRIFT_PATH, self._thrift)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def start(self) -> int:
+        """Start listening and return the bound port."""
+        self._runner = web.AppRunner(
+            self.build_app(), access_log=None, shutdown_timeout=self.config.drain_timeout_s, handle_signals=False
+        )
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True, backlog=1024)
+        await self._site.start()
+        sockets = self._site._server.sockets  # type: ignore[union-attr]
+        self.port = sockets[0].getsockname()[1]
+        logger.info("%s listening on %s:%d", self.handler.tier, self.config.host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        """Drain and stop: readiness false, stop accepting, wait for in-flight calls, close."""
+        if self._runner is None:
+            return
+        self.draining = True
+        logger.info("%s draining: %d calls in flight, timeout %.1f s", self.handler.tier, self._in_flight, self.config.drain_timeout_s)
+        started = time.monotonic()
+        await self._runner.cleanup()
+        self._runner = None
+        logger.info("%s stopped after %.2f s", self.handler.tier, time.monotonic() - started)
+
+    # ---- routes -----------------------------------------------------------------------------
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="live\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ready, status = self.handler.readiness()
+        if self.draining:
+            ready, status = False, "draining"
+        return web.Response(text=f"{status}\n", status=200 if ready else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _read_body(self, request: web.Request) -> tuple[bytes, bool]:
+        """Read the whole body up to ``max_body_bytes``; return (body or its prefix, too_large)."""
+        limit = self.config.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return await request.content.read(4096), True
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in request.content.iter_any():
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                return b"".join(chunks)[:4096], True
+        return b"".join(chunks), False
+
+    async def _thrift(self, request: web.Request) -> web.StreamResponse:
+        self._in_flight += 1
+        started = time.perf_counter()
+        method, outcome = "unknown", "ok"
+        try:
+            body, too_large = await self._read_body(request)
+            if too_large:
+                method, outcome = "unknown", "invalid"
+                return self._too_large(body)
+            try:
+                method, seqid, args = codec.decode_call(body)
+            except codec.DecodeError as error:
+                outcome = "malformed"
+                self.metrics.malformed.inc()
+                self._errors.warning("malformed call from %s: %s", request.remote, error)
+                reply = codec.encode_application_error(error.name, error.seqid, error.kind, str(error))
+                return web.Response(body=reply, content_type=CONTENT_TYPE, headers={"Connection": "close"})
+            reply, outcome = await self._dispatch(method, seqid, args)
+            return web.Response(body=reply, content_type=CONTENT_TYPE)
+        finally:
+            self._in_flight -= 1
+            self.metrics.observe(method, outcome, time.perf_counter() - started)
+
+    def _too_large(self, prefix: bytes) -> web.Response:
+        message = (
+            f"request body exceeds {self.config.max_body_bytes} bytes; at most "
+            f"{fmlite_thrift.MAX_GLANCES_PER_REQUEST} glance ids of at most {fmlite_thrift.MAX_ID_BYTES} bytes each are accepted"
+        )
+        try:
+            method, seqid, _ = codec.decode_call(prefix)
+        except codec.DecodeError as error:
+            method, seqid = error.name, error.seqid
+        if method == "predict":
+            result = codec.SERVICE.predict_result(invalid=fmlite_thrift.InvalidRequest(message=message, field="glance_ids"))
+            reply = codec.encode_reply(method, seqid, result)
+        else:
+            reply = codec.encode_application_error(method, seqid, TApplicationException.PROTOCOL_ERROR, message)
+        return web.Response(body=reply, content_type=CONTENT_TYPE, headers={"Connection": "close"})
+
+    async def _dispatch(self, method: str, seqid: int, args: Any) -> tuple[bytes, str]:
+        result = getattr(codec.SERVICE, f"{method}_result")()
+        try:
+            if method == "predict":
+                result.success = await self.handler.predict(args.request)
+            else:
+                result.success = await self.handler.health()
+            outcome = "ok"
+        except tuple(_EXCEPTION_FIELDS[method]) as error:
+            setattr(result, _EXCEPTION_FIELDS[method][type(error)], error)
+            outcome = type(error).__name__
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._errors.exception("%s.%s failed: %s", self.handler.tier, method, error)
+            message = f"internal error in {self.handler.tier}.{method}: {type(error).__name__}: {error}"
+            return codec.encode_application_error(method, seqid, TApplicationException.INTERNAL_ERROR, message), "internal_error"
+        return codec.encode_reply(method, seqid, result), outcome
