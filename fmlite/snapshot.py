@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -165,7 +165,10 @@ def write_snapshot(
     if not np.isfinite(fallback_score) or not 0.0 <= fallback_score <= 1.0:
         raise SnapshotError(f"fallback_score must be a probability, got {fallback_score}")
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=root))
+    # Created with the process umask, not mkdtemp's 0700, so readers running as another user
+    # (a leaf or TF Serving container) can open the published directory.
+    staging = root / f".{version}.{uuid.uuid4().hex}"
+    staging.mkdir()
     files: dict[str, str] = {}
 
     def save(name: str, arrays: Mapping[str, np.ndarray]) -> None:
@@ -225,7 +228,7 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
     cold_start = {section: np.asarray(raw["cold_start"][section], np.float32) for section in SECTIONS}
     for section, vector in cold_start.items():
         if not np.all(np.isfinite(vector)):
-            raise SnapshotError(f"snapshot {path}: cold-start section {section!r} holds NaN or inf")
+            raise SnapshotError(f"snapshot {path}: cold-start section {section!r} contains NaN or inf")
     return Manifest(
         version=int(raw["version"]),
         num_shards=int(raw["num_shards"]),
@@ -311,7 +314,8 @@ def publish_version(root: str | os.PathLike[str], version: int) -> None:
     root = Path(root)
     if not (root / str(version) / "manifest.json").exists():
         raise SnapshotError(f"cannot publish version {version}: {root / str(version)} is not a complete snapshot")
-    handle, temporary = tempfile.mkstemp(prefix=".CURRENT.", dir=root)
+    temporary = root / f".CURRENT.{uuid.uuid4().hex}"
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     with os.fdopen(handle, "w") as stream:
         stream.write(f"{version}\n")
         stream.flush()

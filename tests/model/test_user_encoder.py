@@ -1,0 +1,186 @@
+"""User encoder: beta-interval factor against SciPy, decay weights and profiles worked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import beta
+
+from model.config import UserEncoderConfig, WindowConfig
+from model.dataset import profile_events, resolve_windows
+from model.glance_encoder import GlanceFeatures, MetaVocabulary
+from model.tables import GlanceTable
+from model.user_encoder import beta_interval_factor, build_user_profiles, decay_weights
+
+COUNT_PAIRS = [(0, 0), (0, 1), (1, 0), (0, 25), (25, 0), (1, 1), (3, 97), (40, 960), (250, 250), (7, 3)]
+
+
+@pytest.mark.parametrize(("peeks", "non_peeks"), COUNT_PAIRS)
+def test_beta_factor_matches_scipy(peeks, non_peeks):
+    a, b = peeks + 1, non_peeks + 1
+    expected = 1.0 - (beta.ppf(0.975, a, b) - beta.ppf(0.025, a, b))
+    assert beta_interval_factor(peeks, non_peeks) == pytest.approx(expected, abs=1e-12)
+
+
+def test_beta_factor_vectorised_and_bounded():
+    peeks = np.array([pair[0] for pair in COUNT_PAIRS])
+    non_peeks = np.array([pair[1] for pair in COUNT_PAIRS])
+    factors = beta_interval_factor(peeks, non_peeks)
+    assert factors.shape == (len(COUNT_PAIRS),)
+    for factor, (a, b) in zip(factors, COUNT_PAIRS):
+        assert factor == pytest.approx(float(beta_interval_factor(a, b)), abs=1e-12)
+    assert np.all((factors > 0) & (factors < 1))
+    # No events: the uniform prior's central 95% interval is 0.95 wide.
+    assert float(beta_interval_factor(0, 0)) == pytest.approx(0.05)
+
+
+def test_beta_factor_grows_with_evidence():
+    # Same 10% peek rate, more events: a narrower interval, so a larger factor.
+    factors = [float(beta_interval_factor(n, 9 * n)) for n in (1, 10, 100, 1000)]
+    assert factors == sorted(factors)
+    assert factors[-1] > 0.9
+
+
+def test_beta_factor_rejects_negative_counts():
+    with pytest.raises(ValueError, match="must not be negative"):
+        beta_interval_factor(-1, 3)
+
+
+def test_decay_weights():
+    weights = decay_weights(np.array([10, 9, 7, 3]), present_day=10, window_days=3)
+    assert weights[0] == pytest.approx(1.0)
+    assert weights[1] == pytest.approx(math.exp(-1 / 3))
+    assert weights[2] == pytest.approx(math.exp(-1))
+    assert weights[3] == pytest.approx(math.exp(-7 / 3))
+    with pytest.raises(ValueError, match="window_days must be positive"):
+        decay_weights(np.array([1]), present_day=1, window_days=0)
+
+
+def _unit(index: int, dim: int = 4) -> np.ndarray:
+    vector = np.zeros(dim, dtype=np.float32)
+    vector[index] = 1.0
+    return vector
+
+
+@pytest.fixture()
+def tiny_glances() -> GlanceFeatures:
+    table = GlanceTable(
+        pd.DataFrame(
+            {
+                "glance_id": ["G1", "G2", "G3"],
+                "category": ["a", "b", "a"],
+                "subcategory": ["x", "x", "x"],
+                "format": ["ar", "ar", "ar"],
+                "title": ["one", "two", "three"],
+                "abstract": ["", "", ""],
+                "image_caption": ["a caption", None, None],
+            }
+        )
+    )
+    vocabulary = MetaVocabulary.fit(table)
+    text = np.stack([_unit(0), _unit(1), (_unit(0) + _unit(1)) / np.sqrt(2)]).astype(np.float32)
+    image = np.stack([_unit(2), np.zeros(4), np.zeros(4)]).astype(np.float32)
+    return GlanceFeatures(
+        ids=table.ids.astype(str), meta=vocabulary.transform(table), image=image, text=text, vocabulary=vocabulary, encoder_name="hand-made"
+    )
+
+
+@pytest.fixture()
+def tiny_events() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "user_id": ["U1", "U1", "U1", "U1", "U2", "U3"],
+            "glance_id": ["G1", "G2", "G3", "UNKNOWN", "UNKNOWN", "G2"],
+            "day": [2, 1, -1, 2, 2, 0],
+            "peek": [1, 0, 1, 1, 1, 0],
+        }
+    )
+
+
+def test_profiles_worked_example(tiny_glances, tiny_events):
+    profiles = build_user_profiles(tiny_events, tiny_glances, present_day=2, window_days=3)
+    columns = list(tiny_glances.vocabulary.columns)
+    assert columns == [
+        "category=a", "category=b", "category=<unknown>",
+        "subcategory=x", "subcategory=<unknown>",
+        "format=ar", "format=<unknown>", "has_image",
+    ]
+    # U2 saw only a glance without content, so it has no profile.
+    assert profiles.ids.tolist() == ["U1", "U3"]
+    assert profiles.peeks.tolist() == [2, 0]
+    assert profiles.impressions.tolist() == [3, 1]
+
+    w1, w2, w3 = 1.0, math.exp(-1 / 3), math.exp(-1)
+    n = float(beta_interval_factor(2, 1))
+    u1 = dict(zip(columns, profiles.meta[0]))
+    assert u1["category=a"] == pytest.approx(n * (w1 + w3) / (w1 + w3), rel=1e-6)
+    assert u1["category=b"] == 0.0
+    assert u1["category=<unknown>"] == 0.0
+    assert u1["subcategory=x"] == pytest.approx(n * (w1 + w3) / (w1 + w2 + w3), rel=1e-6)
+    assert u1["format=ar"] == pytest.approx(n * (w1 + w3) / (w1 + w2 + w3), rel=1e-6)
+    assert u1["has_image"] == pytest.approx(n, rel=1e-6)
+
+    expected_text = (w1 * tiny_glances.text[0] + w3 * tiny_glances.text[2]) / (w1 + w3)
+    np.testing.assert_allclose(profiles.text[0], expected_text, rtol=1e-6)
+    np.testing.assert_allclose(profiles.image[0], _unit(2), rtol=1e-6)
+
+    # U3 never peeked: zero rates, zero text and image.
+    assert not profiles.meta[1].any()
+    assert not profiles.text[1].any()
+    assert not profiles.image[1].any()
+
+    for section in ("meta", "image", "text"):
+        np.testing.assert_allclose(profiles.cold_start[section], getattr(profiles, section).mean(axis=0), rtol=1e-6)
+
+
+def test_profiles_ablation_switches(tiny_glances, tiny_events):
+    plain = build_user_profiles(
+        tiny_events, tiny_glances, present_day=2, window_days=3, config=UserEncoderConfig(normalize=False, decay=False)
+    )
+    u1 = dict(zip(tiny_glances.vocabulary.columns, plain.meta[0]))
+    assert u1["category=a"] == pytest.approx(1.0)
+    assert u1["subcategory=x"] == pytest.approx(2 / 3)
+    np.testing.assert_allclose(plain.text[0], (tiny_glances.text[0] + tiny_glances.text[2]) / 2, rtol=1e-6)
+
+    decay_only = build_user_profiles(tiny_events, tiny_glances, present_day=2, window_days=3, config=UserEncoderConfig(normalize=False))
+    w2, w3 = math.exp(-1 / 3), math.exp(-1)
+    assert dict(zip(tiny_glances.vocabulary.columns, decay_only.meta[0]))["subcategory=x"] == pytest.approx((1 + w3) / (1 + w2 + w3), rel=1e-6)
+
+    slow_decay = build_user_profiles(tiny_events, tiny_glances, present_day=2, window_days=3, config=UserEncoderConfig(decay_days=30.0))
+    assert slow_decay.window_days == 30.0
+    assert slow_decay.options["decay_days"] == 30.0
+
+
+def test_profiles_rows_of(tiny_glances, tiny_events):
+    profiles = build_user_profiles(tiny_events, tiny_glances, present_day=2, window_days=3)
+    assert profiles.rows_of(["U3", "U2", "U1"]).tolist() == [1, -1, 0]
+
+
+def test_profiles_reject_missing_columns(tiny_glances, tiny_events):
+    with pytest.raises(ValueError, match="missing columns"):
+        build_user_profiles(tiny_events.drop(columns="day"), tiny_glances, present_day=2, window_days=3)
+
+
+@pytest.mark.slow
+def test_profiles_on_sample(mind_data, text_encoder):
+    from model.glance_encoder import encode_glances
+
+    windows = resolve_windows(mind_data, WindowConfig())
+    events = profile_events(mind_data, windows, days=windows.history)
+    logged = set(events["glance_id"])
+    table = GlanceTable(mind_data.glances.frame[mind_data.glances.frame["glance_id"].isin(logged)])
+    glances = encode_glances(table, text_encoder=text_encoder)
+    profiles = build_user_profiles(events, glances, present_day=windows.history[1], window_days=3)
+
+    assert len(profiles) > 2_000
+    for section in ("meta", "image", "text"):
+        assert np.isfinite(getattr(profiles, section)).all()
+    assert profiles.meta.min() >= 0.0
+    assert profiles.meta.max() <= 1.0
+    assert np.linalg.norm(profiles.text, axis=1).max() <= 1.0 + 1e-5
+    assert not profiles.image.any()
+    assert (profiles.peeks <= profiles.impressions).all()
+    assert (profiles.impressions >= 1).all()
