@@ -103,13 +103,14 @@ class TrafficSplit:
         return cls(variants=dict(variants), buckets=tuple(buckets))
 
 
+# Every user on FM-Lite; the cosine baseline is declared so that a caller may ask for it.
 DEFAULT_TRAFFIC = TrafficSplit.from_dict(
-    {"variants": {"fmlite": {}}, "buckets": [{"name": "all", "fraction": 1.0, "variant": "fmlite"}]}
+    {"variants": {"fmlite": {}, "cosine": {}}, "buckets": [{"name": "all", "fraction": 1.0, "variant": "fmlite"}]}
 )
 
 
 def load_traffic(path: str | Path | None) -> TrafficSplit:
-    """Load and validate a traffic config file; None gives 100% fmlite."""
+    """Load and validate a traffic config file; None gives ``DEFAULT_TRAFFIC``."""
     if path is None:
         return DEFAULT_TRAFFIC
     try:

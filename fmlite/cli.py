@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     leaf = commands.add_parser("serve-leaf", help="run a leaf predictor")
     _server_options(leaf)
-    leaf.add_argument("--shard", type=int, required=True, help="shard index whose users this leaf holds")
+    leaf.add_argument("--shard", type=int, required=True, help="shard index whose users this leaf stores")
     leaf.add_argument("--num-shards", type=int, required=True, help="number of shards of the platform")
     leaf.add_argument("--profiles", required=True, help="profile snapshot root (holds CURRENT and <version>/)")
     leaf.add_argument("--model", action="append", type=_key_value, default=[], metavar="VARIANT=DIR",

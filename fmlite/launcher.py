@@ -183,7 +183,7 @@ class LocalPlatform:
 
 
 def artifacts_present(var: Path) -> bool:
-    """Return True when ``var`` holds a published snapshot and at least one FM-Lite model version."""
+    """Return True when ``var`` contains a published snapshot and at least one FM-Lite model version."""
     models = var / "models" / "fmlite"
     has_model = models.is_dir() and any(p.name.isdigit() and (p / "saved_model.pb").exists() for p in models.iterdir())
     return (var / "profiles" / "CURRENT").exists() and has_model
@@ -191,12 +191,15 @@ def artifacts_present(var: Path) -> bool:
 
 def train_artifacts(*, data: str, out: str, num_shards: int, epochs: int | None, seed: int) -> object:
     """Build profiles and train FM-Lite into ``out`` with the offline pipeline."""
-    from model.pipeline import PipelineConfig, run_pipeline
+    from dataclasses import replace
 
-    options = {"data_dir": Path(data), "out_dir": Path(out), "num_shards": num_shards, "seed": seed}
+    from model.config import PipelineConfig
+    from model.pipeline import run_pipeline
+
+    config = PipelineConfig(data_dir=Path(data), out=Path(out), num_shards=num_shards, seed=seed)
     if epochs is not None:
-        options["epochs"] = epochs
-    return run_pipeline(PipelineConfig(**options))
+        config = replace(config, train=replace(config.train, epochs=epochs))
+    return run_pipeline(config)
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -227,7 +230,7 @@ def run_up(args: argparse.Namespace) -> int:
         if args.once:
             from fmlite.replay import replay_test_day
 
-            report = replay_test_day(address=platform.l0_address, data=args.data, var=var, timeout_ms=args.timeout_ms)
+            report = replay_test_day(address=platform.l0_address, data=args.data, timeout_ms=args.timeout_ms)
             print(report.render(), flush=True)
             return 0
         from fmlite.replay import example_request

@@ -55,8 +55,8 @@ def _protocol(data: bytes = b"") -> tuple[TCyMemoryBuffer, TCyBinaryProtocol]:
 def _reader(data: bytes) -> TCyBinaryProtocol:
     """Return a reader protocol that raises at the end of ``data``.
 
-    thriftpy2's compiled memory buffer answers a read past its end with fewer bytes and no
-    error, so a truncated body would decode into garbage; the buffered transport over a
+    thriftpy2's compiled memory buffer returns fewer bytes and no error for a read past its
+    end, so a truncated body would decode into garbage; the buffered transport over a
     byte stream raises ``TTransportException`` instead.
     """
     transport = TCyBufferedTransport(io.BytesIO(data), buf_size=max(4096, len(data)))
@@ -128,7 +128,7 @@ def decode_reply(body: bytes, method: str, seqid: int) -> Any:
     """Decode a reply to call ``seqid`` of ``method``: return its success value or raise its exception.
 
     Raises ``ProtocolViolation`` when the reply belongs to another method or sequence id, so a
-    late reply can never be taken for the answer to a different call.
+    late reply can never be taken for the reply to a different call.
     """
     protocol = _reader(body)
     try:

@@ -38,7 +38,7 @@ CONTENT_TYPE = "application/x-thrift"
 
 
 class Handler(Protocol):
-    """What a tier provides to the server."""
+    """Interface a tier implements to be served."""
 
     tier: str
 
@@ -89,7 +89,7 @@ class ThriftHttpServer:
 
     def build_app(self) -> web.Application:
         # aiohttp's own limit sits above ours so that an oversized body reaches _read_body,
-        # which answers with a typed error instead of a bare 413.
+        # which returns a typed error instead of a bare 413.
         app = web.Application(client_max_size=self.config.max_body_bytes * 2 + 1024)
         app.router.add_post(THRIFT_PATH, self._thrift)
         app.router.add_get("/healthz", self._healthz)
