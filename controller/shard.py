@@ -1,19 +1,23 @@
 """L1 shard controller: split a request into chunks and fan out to the shard's leaf replicas.
 
 Contract of ``predict``:
-- the user must hash to this controller's shard (``InvalidRequest`` otherwise);
-- glance ids are split into chunks of the variant's chunk size (default 100) and all chunks are
-  sent in parallel, each to the least-loaded leaf replica;
-- each chunk call has a timeout of ``min(chunk_timeout_ms, time left)``; a chunk that times out
-  or fails is sent once more to another replica with the time that is left;
-- scores and flags come back in request order; a chunk that fails twice fails the request with
-  ``Unavailable``, and a request whose deadline passes raises ``DeadlineExceeded``;
+- the user must hash to this controller's shard (``InvalidRequest`` otherwise), and every limit
+  of ``rpc.validation`` is checked before any leaf is called;
+- the deadline is ``timeout_ms`` (or ``default_timeout_ms``) after the server began reading the
+  call; a request that arrives with no time left is dropped and counted;
+- glance ids are split into chunks of the variant's chunk size (default 100; with
+  ``adaptive_chunks`` on, ``controller.chunking`` grows it while leaf calls are fast) and all
+  chunks are sent in parallel, each call bounded by ``min(chunk_timeout_ms, time left)`` and
+  carrying that bound, less a small margin, as its ``timeout_ms``; ``controller.fanout``
+  retries, hedges and pins versions;
+- scores and flags come back in request order from one model version and one profile version;
+  a chunk that fails on every try fails the request with ``Unavailable``, and a request whose
+  deadline passes raises ``DeadlineExceeded``;
 - a leaf's ``InvalidRequest`` is passed through: retrying a bad request cannot help.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -22,12 +26,14 @@ from typing import Any, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry
 
+from controller.chunking import AdaptiveChunkConfig, ChunkSizer
+from controller.fanout import ChunkFanout, FanoutConfig
+from controller.hedging import HedgeConfig, HedgePolicy
 from controller.metrics import ControllerMetrics
-from controller.replicas import Replica, ReplicaSet
+from controller.replicas import ReplicaPolicy, ReplicaSet
 from fmlite.sharding import shard_of
-from rpc.errors import CallTimeout, RpcError
+from rpc.deadline import request_deadline
 from rpc.idl import fmlite_thrift
-from rpc.ratelimit import RateLimitedLog
 from rpc.validation import invalid, validate_predict_request
 
 __all__ = ["ShardControllerConfig", "ShardController"]
@@ -53,8 +59,14 @@ class ShardControllerConfig:
     chunk_timeout_ms: float = 30.0
     # Extra attempts of a failed chunk, each on another replica.
     retries: int = 1
+    # Rounds of re-sending chunks that came back at another model or profile version.
+    version_rounds: int = 2
     default_variant: str = "fmlite"
     pool_size: int = 64
+    hedging: HedgeConfig = field(default_factory=HedgeConfig)
+    replica_policy: ReplicaPolicy = field(default_factory=ReplicaPolicy)
+    # Chunk sizes that grow above the configured ones while leaf calls are fast; off by default.
+    adaptive_chunks: AdaptiveChunkConfig = field(default_factory=AdaptiveChunkConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.shard < self.num_shards:
@@ -78,10 +90,23 @@ class ShardController:
 
     def __init__(self, config: ShardControllerConfig, *, registry: CollectorRegistry):
         self.config = config
-        self.leaves = ReplicaSet(config.leaves, pool_size=config.pool_size)
         self.metrics = ControllerMetrics(registry, tier=self.tier)
+        self.leaves = ReplicaSet(
+            config.leaves,
+            name=f"shard {config.shard} leaves",
+            pool_size=config.pool_size,
+            policy=config.replica_policy,
+            metrics=self.metrics,
+        )
+        self.hedging = HedgePolicy(config.hedging)
+        self.fanout = ChunkFanout(
+            self.leaves,
+            self.hedging,
+            self.metrics,
+            FanoutConfig(chunk_timeout_s=config.chunk_timeout_ms / 1000.0, retries=config.retries, version_rounds=config.version_rounds),
+        )
+        self.chunk_sizer = ChunkSizer(config.adaptive_chunks, registry=registry, tier=self.tier)
         self.draining = False
-        self._errors = RateLimitedLog(logger)
 
     async def start(self) -> None:
         await self.leaves.start()
@@ -94,6 +119,10 @@ class ShardController:
             return False, "draining"
         if not len(self.leaves):
             return False, "loading"
+        if not self.leaves.admitted:
+            return False, "degraded"
+        if self.leaves.ejected:
+            return True, "degraded"
         return True, "ok"
 
     async def health(self) -> Any:
@@ -104,11 +133,13 @@ class ShardController:
             status=status,
             tier=self.tier,
             shard=self.config.shard,
-            details={"leaves": ",".join(self.leaves.replicas)},
+            details={
+                "leaves": ",".join(self.leaves.replicas),
+                "ejected": ",".join(r.address for r in self.leaves.ejected),
+            },
         )
 
     async def predict(self, request: Any) -> Any:
-        started = time.monotonic()
         validate_predict_request(request)
         config = self.config
         shard = shard_of(request.user_id, config.num_shards)
@@ -116,8 +147,7 @@ class ShardController:
             raise invalid("user_id", f"user_id hashes to shard {shard} of {config.num_shards}; this controller serves shard {config.shard}")
         request_id = request.request_id or uuid.uuid4().hex
         variant = request.variant or config.default_variant
-        budget_ms = request.timeout_ms if request.timeout_ms is not None else config.default_timeout_ms
-        deadline = started + budget_ms / 1000.0
+        deadline, budget_ms = request_deadline(request.timeout_ms, default_ms=config.default_timeout_ms)
         glance_ids: Sequence[str] = request.glance_ids
         if not glance_ids:
             return T.PredictResponse(
@@ -126,31 +156,32 @@ class ShardController:
             )
         if budget_ms <= 0:
             self.metrics.deadline_dropped.inc()
-            raise T.DeadlineExceeded(message=f"request {request_id} arrived with no time left")
+            raise T.DeadlineExceeded(message=f"request {request_id} arrived with no time left (timeout_ms {budget_ms}); not scored")
 
-        size = config.chunk_size_for(variant)
+        configured = config.chunk_size_for(variant)
+        size = self.chunk_sizer.size(variant, configured)
         chunks = [glance_ids[start:start + size] for start in range(0, len(glance_ids), size)]
-        calls = [self._score_chunk(request.user_id, chunk, request_id, variant, deadline) for chunk in chunks]
-        results = await asyncio.gather(*calls, return_exceptions=True)
+        for chunk in chunks:
+            self.metrics.chunk_size.observe(len(chunk))
+        fanout_started = time.monotonic()
+        try:
+            results, (model_version, profile_version) = await self.fanout.run(
+                user_id=request.user_id, chunks=chunks, request_id=request_id, variant=variant, deadline=deadline
+            )
+        except T.DeadlineExceeded:
+            self.chunk_sizer.observe(variant, configured, time.monotonic() - fanout_started)
+            raise
+        self.chunk_sizer.observe(variant, configured, time.monotonic() - fanout_started)
 
         scores: list[float] = []
         flags = bytearray()
-        versions: set[tuple[str, str]] = set()
         unknown = 0
         cold_start = False
-        for index, result in enumerate(results):
-            if isinstance(result, BaseException):
-                raise result
+        for result in results:
             scores.extend(result.scores)
             flags += result.flags
             unknown += result.unknown_glances
             cold_start = cold_start or result.cold_start_user
-            versions.add((result.model_version, result.profile_version))
-        if len(versions) > 1:
-            # NOTE: replicas in the middle of a reload can answer with different versions; the
-            # response names the first and the mix is logged until versions are pinned per request.
-            self._errors.warning("request %s mixed versions across chunks: %s", request_id, sorted(versions))
-        model_version, profile_version = results[0].model_version, results[0].profile_version
         self.metrics.predictions.inc(len(scores))
         self.metrics.unknown_glances.inc(unknown)
         if cold_start:
@@ -166,59 +197,4 @@ class ShardController:
             request_id=request_id,
             unknown_glances=unknown,
             cold_start_user=cold_start,
-        )
-
-    async def _score_chunk(self, user_id: str, chunk: Sequence[str], request_id: str, variant: str, deadline: float) -> Any:
-        self.metrics.chunk_size.observe(len(chunk))
-        tried: list[Replica] = []
-        last_error: Exception | None = None
-        for attempt in range(1 + self.config.retries):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.metrics.deadline_dropped.inc()
-                raise T.DeadlineExceeded(
-                    message=f"request {request_id}: deadline passed before chunk of {len(chunk)} ids was scored"
-                    + (f" (last error: {last_error})" if last_error else "")
-                )
-            replica = self.leaves.choose(exclude=tried)
-            if replica is None:
-                break
-            tried.append(replica)
-            if attempt:
-                self.metrics.retries.inc()
-            timeout_s = min(self.config.chunk_timeout_ms / 1000.0, remaining)
-            leaf_request = T.PredictRequest(
-                user_id=user_id,
-                glance_ids=list(chunk),
-                request_id=request_id,
-                timeout_ms=max(1, int(timeout_s * 1000)),
-                variant=variant,
-            )
-            replica.outstanding += 1
-            try:
-                response = await replica.client.predict(leaf_request, timeout_s=timeout_s)
-            except T.InvalidRequest:
-                raise
-            except (CallTimeout, RpcError, T.Unavailable, T.DeadlineExceeded) as error:
-                last_error = error
-                replica.failures += 1
-                replica.last_failure = time.monotonic()
-                if isinstance(error, CallTimeout):
-                    self.metrics.timeouts.inc()
-                self.metrics.failures.labels(tier=self.tier, kind=type(error).__name__).inc()
-                self._errors.warning("request %s: chunk to %s failed (attempt %d): %s", request_id, replica.address, attempt + 1, error)
-                continue
-            finally:
-                replica.outstanding -= 1
-            if len(response.scores) != len(chunk) or len(response.flags) != len(chunk):
-                last_error = RpcError(
-                    f"leaf {replica.address} returned {len(response.scores)} scores and {len(response.flags)} flags for {len(chunk)} ids"
-                )
-                self._errors.error("request %s: %s", request_id, last_error)
-                continue
-            replica.failures = 0
-            return response
-        raise T.Unavailable(
-            message=f"shard {self.config.shard}: chunk of {len(chunk)} ids failed on {len(tried)} replicas: {last_error}",
-            tier=self.tier,
         )

@@ -21,7 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["ServerProcess", "LocalPlatform", "PlatformStartError", "artifacts_present", "train_artifacts", "run_up"]
+__all__ = [
+    "ServerProcess",
+    "LocalPlatform",
+    "PlatformStartError",
+    "artifacts_present",
+    "train_artifacts",
+    "start_profile_store",
+    "run_up",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +210,33 @@ def train_artifacts(*, data: str, out: str, num_shards: int, epochs: int | None,
     return run_pipeline(config)
 
 
+def start_profile_store(var: Path) -> object:
+    """Start ``redis-server`` on a free loopback port and publish ``var/profiles``' current snapshot to it.
+
+    Returns the running ``fmlite.redis_server.RedisServer``; the caller stops it.
+    """
+    from fmlite import snapshot
+    from fmlite.redis_server import RedisServer
+    from model.publish import connect, publish_snapshot
+
+    root = var / "profiles"
+    version = snapshot.current_version(root)
+    if version is None:
+        raise PlatformStartError(f"no published profile snapshot under {root} to copy into Redis")
+    server = RedisServer(workdir=var / "run" / "redis").start()
+    try:
+        client = connect(server.url)
+        try:
+            result = publish_snapshot(root / str(version), client=client)
+        finally:
+            client.close()
+    except BaseException:
+        server.stop()
+        raise
+    print(f"Redis profile store on {server.url}: version {result.version}, {result.users} users, {result.glances} glances", flush=True)
+    return server
+
+
 def run_up(args: argparse.Namespace) -> int:
     """``fmlite up``: train when artifacts are missing, start the platform, serve or replay once."""
     from fmlite.serve import configure_logging
@@ -213,6 +248,15 @@ def run_up(args: argparse.Namespace) -> int:
         train_artifacts(data=args.data, out=str(var), num_shards=args.shards, epochs=None, seed=7)
     else:
         print(f"using trained artifacts under {var} (delete it to train again)", flush=True)
+    redis = start_profile_store(var) if getattr(args, "redis", False) else None
+    try:
+        return _serve(args, var, leaf_args=["--redis-url", redis.url] if redis is not None else [])
+    finally:
+        if redis is not None:
+            redis.stop()
+
+
+def _serve(args: argparse.Namespace, var: Path, *, leaf_args: list[str]) -> int:
     platform = LocalPlatform(
         profiles=var / "profiles",
         models={"fmlite": var / "models" / "fmlite"},
@@ -221,6 +265,7 @@ def run_up(args: argparse.Namespace) -> int:
         l0_port=0 if args.once else args.port,
         traffic=Path(args.traffic) if args.traffic else None,
         workdir=var / "run",
+        leaf_args=leaf_args,
     )
     print(f"starting {args.shards} shards x {args.leaves_per_shard} leaves, {args.shards} L1 controllers and one L0 router "
           f"(logs in {platform.workdir})", flush=True)

@@ -1,8 +1,11 @@
 """Process runtime of one server (L0, L1 or leaf): start, serve, drain on SIGTERM, exit 0.
 
-Order on start: bind the port (liveness answers), write the port file, load what the handler
-needs (readiness turns true when done). Order on SIGTERM or SIGINT: readiness false, stop
-accepting, finish in-flight calls within the drain timeout, close client pools, return.
+Order on start: bind the port (liveness passes), write the port file, start the handler's
+background work (client pools, health checks), load what the handler needs (readiness turns true
+when done). Order on SIGTERM or SIGINT: readiness false, keep serving for the drain grace period,
+stop accepting, finish in-flight calls within the drain timeout (cancel the rest), close the
+handler's client pools, return so the command exits 0. A second signal while draining is logged
+and changes nothing: the drain timeout already bounds the stop.
 """
 
 from __future__ import annotations
@@ -72,8 +75,14 @@ async def run_server(
     logger.info("%s ready on port %d", handler.tier, port)
 
     await stop.wait()
-    logger.info("%s received a stop signal", handler.tier)
+    logger.info("%s received a stop signal; draining", handler.tier)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, logger.info, "%s is already draining; signal ignored", handler.tier)
+    # Readiness turns false first: both the /readyz route and the Thrift health call report it.
     handler.draining = True
-    await server.stop()
-    if hasattr(handler, "close"):
-        await handler.close()
+    try:
+        await server.stop()
+    finally:
+        if hasattr(handler, "close"):
+            await handler.close()
+    logger.info("%s closed its client pools; exiting", handler.tier)

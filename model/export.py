@@ -3,7 +3,10 @@
 ``<models_root>/fmlite/<version>/`` contains ``saved_model.pb`` and ``variables/`` with the
 ``serving_default`` signature of ``fmlite.signature``: six float32 inputs ``[B, width]`` and the
 output ``score`` of shape ``[B]``. ``assets.extra/fmlite_model.json`` records the input widths,
-the meta columns and the layer layout. The export is written to a hidden staging directory,
+the meta columns and the layer layout. ``assets.extra/tf_serving_warmup_requests`` holds warm-up
+requests of ``WARMUP_BATCH_SIZES`` rows built from the check rows, with the expected scores
+(``fmlite.warmup_records``): TensorFlow Serving replays them before serving a version, and the
+leaves replay and compare them before switching to it. The export is written to a hidden staging directory,
 reloaded with ``tf.saved_model.load`` and compared with the Keras model, and only renamed to
 its version number when the scores agree, so TF Serving never sees a partial or wrong version.
 """
@@ -22,9 +25,18 @@ import numpy as np
 import tensorflow as tf
 
 from fmlite.signature import INPUT_NAMES, OUTPUT_NAME, SIGNATURE_NAME
+from fmlite.warmup_records import WarmupRecord, write_warmup_records
 from model.fmlite_model import SECTIONS, SIDES
 
-__all__ = ["MODEL_NAME", "SCORE_TOLERANCE", "METADATA_FILE", "ExportError", "export_savedmodel", "reload_scores"]
+__all__ = [
+    "MODEL_NAME",
+    "SCORE_TOLERANCE",
+    "METADATA_FILE",
+    "WARMUP_BATCH_SIZES",
+    "ExportError",
+    "export_savedmodel",
+    "reload_scores",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +44,8 @@ MODEL_NAME = "fmlite"
 # Maximum absolute difference between the reloaded SavedModel's and the Keras model's scores.
 SCORE_TOLERANCE = 1e-5
 METADATA_FILE = "assets.extra/fmlite_model.json"
+# Rows per warm-up request: one user, the FM-Lite leaf chunk (100) and the baseline chunk (400).
+WARMUP_BATCH_SIZES = (1, 100, 400)
 
 
 class ExportError(RuntimeError):
@@ -126,6 +140,13 @@ def export_savedmodel(
                 f"reloaded SavedModel scores differ from the Keras model by {difference:.3g} "
                 f"(shape {reloaded.shape} vs {expected.shape}), above the tolerance {SCORE_TOLERANCE}"
             )
+        records = []
+        for size in WARMUP_BATCH_SIZES:
+            # The check rows repeated up to ``size`` rows; their scores are the Keras model's.
+            rows = np.arange(size) % len(expected)
+            inputs = {name: np.asarray(check_inputs[name], np.float32)[rows] for name in INPUT_NAMES}
+            records.append(WarmupRecord(inputs=inputs, expected=expected[rows]))
+        write_warmup_records(staging, records, model_name=MODEL_NAME)
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -5,6 +5,10 @@ pipelining carries one call per connection at a time; a call that times out or i
 before its reply was read closes its connection instead of returning it to the pool; and every
 reply's method name and sequence id are checked against the call, so even a misbehaving peer
 cannot hand one call's reply to another.
+
+Every method of the service only reads, so a call whose pooled connection was closed by the
+server before any reply byte arrived (a keep-alive race, or a server that is draining) is sent
+once more on a fresh connection within the same timeout.
 """
 
 from __future__ import annotations
@@ -14,10 +18,9 @@ import itertools
 import logging
 from typing import Any
 
-import aiohttp
-
 from rpc import codec
 from rpc.errors import CallTimeout, TransportError
+from rpc.http1 import ConnectFailed, ConnectionClosed, Http1Pool, MalformedResponse
 from rpc.server import CONTENT_TYPE, THRIFT_PATH
 
 __all__ = ["ThriftHttpClient", "parse_address"]
@@ -43,24 +46,20 @@ class ThriftHttpClient:
         pool_size: int = 64,
         connect_timeout_s: float = 1.0,
     ):
-        host, port = parse_address(address)
+        self._host, self._port = parse_address(address)
         self.address = address
-        self._url = f"http://{'[' + host + ']' if ':' in host else host}:{port}{THRIFT_PATH}"
         self._pool_size = pool_size
         self._connect_timeout_s = connect_timeout_s
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Http1Pool | None = None
         self._seqids = itertools.count(1)
 
-    def _ensure_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._pool_size, limit_per_host=self._pool_size, ttl_dns_cache=None)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s),
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
-                auto_decompress=False,
+    def _ensure_pool(self) -> Http1Pool:
+        if self._pool is None:
+            self._pool = Http1Pool(
+                self._host, self._port, path=THRIFT_PATH, content_type=CONTENT_TYPE,
+                limit=self._pool_size, connect_timeout_s=self._connect_timeout_s,
             )
-        return self._session
+        return self._pool
 
     async def call(self, method: str, *, timeout_s: float, **arguments: Any) -> Any:
         """Call ``method`` and return its result, raising its typed Thrift exception or an ``RpcError``.
@@ -72,23 +71,29 @@ class ThriftHttpClient:
             raise CallTimeout(f"{method} to {self.address}: no time left (timeout {timeout_s * 1000:.1f} ms)")
         seqid = next(self._seqids) & 0x7FFFFFFF
         body = codec.encode_call(method, seqid, **arguments)
-        session = self._ensure_session()
-        response: aiohttp.ClientResponse | None = None
+        pool = self._ensure_pool()
         try:
             async with asyncio.timeout(timeout_s):
-                response = await session.post(self._url, data=body, headers={"Content-Type": CONTENT_TYPE})
-                payload = await response.read()
+                try:
+                    status, payload = await self._post(pool, body, fresh=False)
+                except ConnectionClosed as error:
+                    if not (error.before_reply and error.reused):
+                        raise
+                    logger.debug("%s to %s: pooled connection closed before the reply (%s); sending once more", method, self.address, error)
+                    status, payload = await self._post(pool, body, fresh=True)
         except TimeoutError:
             raise CallTimeout(f"{method} to {self.address} timed out after {timeout_s * 1000:.1f} ms") from None
-        except aiohttp.ClientError as error:
+        except (ConnectFailed, ConnectionClosed, MalformedResponse) as error:
             raise TransportError(f"{method} to {self.address} failed: {type(error).__name__}: {error}") from None
-        finally:
-            # A response whose body was not read to the end must not go back to the pool.
-            if response is not None and not response.closed and response.content.at_eof() is False:
-                response.close()
-        if response.status != 200:
-            raise TransportError(f"{method} to {self.address} returned HTTP {response.status}: {payload[:200]!r}")
+        if status != 200:
+            raise TransportError(f"{method} to {self.address} returned HTTP {status}: {payload[:200]!r}")
         return codec.decode_reply(payload, method, seqid)
+
+    @staticmethod
+    async def _post(pool: Http1Pool, body: bytes, *, fresh: bool) -> tuple[int, bytes]:
+        # Http1Pool closes a connection whose reply was not read to the end (timeout,
+        # cancellation, error) instead of returning it to the pool.
+        return await pool.post(body, fresh=fresh)
 
     async def predict(self, request: Any, *, timeout_s: float) -> Any:
         return await self.call("predict", timeout_s=timeout_s, request=request)
@@ -97,6 +102,6 @@ class ThriftHttpClient:
         return await self.call("health", timeout_s=timeout_s)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None

@@ -1,9 +1,12 @@
 """Encode and decode Thrift messages in the binary protocol (thriftpy2's compiled implementation).
 
 A message is one HTTP body: the message header (method name, type, sequence id) followed by the
-method's argument struct (calls) or result struct (replies). The decoder never trusts the body:
-a truncated or random body, an unknown method or a wrong message type raises ``DecodeError``
-with a reason that the server returns as a Thrift application exception.
+method's argument struct (calls) or result struct (replies). The decoder never trusts a call
+body: ``rpc.wire_check`` walks it before thriftpy2 decodes it, and a truncated or random body,
+an unknown method, a wrong message type or trailing bytes raise ``DecodeError`` with a reason
+that the server returns as a Thrift application exception; a field sent with another wire type
+than the IDL's raises ``FieldTypeError`` naming the field. Replies come from servers of this
+platform and are decoded without the walk.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from thriftpy2.transport.memory import TCyMemoryBuffer
 
 from rpc.errors import ProtocolViolation, RemoteError
 from rpc.idl import fmlite_thrift
+from rpc.wire_check import WireError, check_call
 
 __all__ = [
     "SERVICE",
@@ -28,6 +32,7 @@ __all__ = [
     "encode_reply",
     "encode_application_error",
     "decode_reply",
+    "FieldTypeError",
 ]
 
 SERVICE = fmlite_thrift.PredictionService
@@ -44,6 +49,14 @@ class DecodeError(Exception):
         self.kind = kind
         self.name = name
         self.seqid = seqid
+
+
+class FieldTypeError(DecodeError):
+    """A field of a call was sent with another wire type than the IDL declares; ``field`` names it."""
+
+    def __init__(self, message: str, *, field: str, name: str, seqid: int):
+        super().__init__(message, name=name, seqid=seqid)
+        self.field = field
 
 
 def _protocol(data: bytes = b"") -> tuple[TCyMemoryBuffer, TCyBinaryProtocol]:
@@ -98,7 +111,16 @@ def decode_call(body: bytes) -> tuple[str, int, Any]:
             name=name,
             seqid=seqid,
         )
-    args = getattr(SERVICE, f"{name}_args")()
+    args_class = getattr(SERVICE, f"{name}_args")
+    # Strict header: version and type (4 bytes), name length (4), name, sequence id (4).
+    arguments_start = 12 + len(name.encode("utf-8"))
+    try:
+        check_call(body, arguments_start, args_class, max_depth=MAX_DEPTH)
+    except WireError as error:
+        if error.field is not None:
+            raise FieldTypeError(str(error), field=error.field, name=name, seqid=seqid) from None
+        raise DecodeError(f"malformed arguments of {name}: {error}", name=name, seqid=seqid) from None
+    args = args_class()
     try:
         protocol.read_struct(args)
     except Exception as error:

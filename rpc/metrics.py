@@ -17,7 +17,7 @@ LATENCY_BUCKETS = (
 
 
 class RpcMetrics:
-    """Request latency by method and outcome, and malformed calls, for one tier."""
+    """Request latency by method and outcome, malformed calls and expired calls, for one tier."""
 
     def __init__(self, registry: CollectorRegistry, *, tier: str):
         self.tier = tier
@@ -31,6 +31,12 @@ class RpcMetrics:
         self.malformed = Counter(
             "fmlite_malformed_calls",
             "Calls rejected before dispatch because the body was not a valid Thrift call.",
+            ["tier"],
+            registry=registry,
+        ).labels(tier=tier)
+        self.expired = Counter(
+            "fmlite_expired_calls",
+            "Predict calls whose timeout_ms ran out while the server read them; answered with DeadlineExceeded, not computed.",
             ["tier"],
             registry=registry,
         ).labels(tier=tier)

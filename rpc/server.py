@@ -6,10 +6,17 @@ Routes on one port: ``POST /thrift`` (binary-protocol calls), ``GET /healthz`` (
 Contract:
 - a malformed body, wrong method or message type gets a Thrift application exception (HTTP 200,
   as Thrift over HTTP does), never a crash; the connection is closed after such a reply;
+- a predict call with a field sent in another wire type than the IDL's gets ``InvalidRequest``
+  naming the field (thriftpy2 alone would drop the field silently);
 - a body larger than ``max_body_bytes`` gets the method's typed ``InvalidRequest`` naming the
   limit when the header can be read, so a client never sees a bare 413;
-- ``stop()`` drains: readiness turns false first, the listening socket closes, in-flight calls
-  finish within ``drain_timeout_s``, then connections close.
+- a predict call whose ``timeout_ms`` ran out while the server was still reading it is answered
+  with ``DeadlineExceeded`` without reaching the handler, and counted;
+- when the caller disconnects, its handler is cancelled (``cancel_on_disconnect``), so an L0 or
+  L1 that gave up also stops the fan-out below it;
+- ``stop()`` drains: readiness turns false first, calls keep being served for ``drain_grace_s``
+  with ``Connection: close`` on every reply, then the listening socket and idle connections
+  close, in-flight calls finish within ``drain_timeout_s`` and the rest are cancelled.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from thriftpy2.thrift import TApplicationException
 
 from rpc import codec
+from rpc.deadline import receiving_call
 from rpc.idl import fmlite_thrift
 from rpc.metrics import RpcMetrics
 from rpc.ratelimit import RateLimitedLog
@@ -59,7 +67,19 @@ class ServerConfig:
     port: int = 0
     # Largest accepted request body; sized by the caller from the glance-id and id-length limits.
     max_body_bytes: int = 2 << 20
+    # Longest wait for in-flight calls after the listening socket closed; later ones are cancelled.
     drain_timeout_s: float = 10.0
+    # Time between readiness turning false and the listening socket closing, while calls are still
+    # served; set it above the callers' health-check interval (or the readiness probe period).
+    drain_grace_s: float = 0.0
+    # Cancel a call's handler when its caller disconnects.
+    cancel_on_disconnect: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
+        if self.drain_timeout_s < 0 or self.drain_grace_s < 0:
+            raise ValueError(f"drain_timeout_s and drain_grace_s must not be negative, got {self.drain_timeout_s}, {self.drain_grace_s}")
 
 
 _EXCEPTION_FIELDS: dict[str, dict[type, str]] = {}
@@ -84,6 +104,9 @@ class ThriftHttpServer:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._in_flight = 0
+        # Calls that finished, or were cancelled, after draining began.
+        self._answered_while_draining = 0
+        self._cancelled_while_draining = 0
         self._errors = RateLimitedLog(logger, interval_s=5.0)
         self.port: int | None = None
 
@@ -100,7 +123,11 @@ class ThriftHttpServer:
     async def start(self) -> int:
         """Start listening and return the bound port."""
         self._runner = web.AppRunner(
-            self.build_app(), access_log=None, shutdown_timeout=self.config.drain_timeout_s, handle_signals=False
+            self.build_app(),
+            access_log=None,
+            shutdown_timeout=self.config.drain_timeout_s,
+            handle_signals=False,
+            handler_cancellation=self.config.cancel_on_disconnect,
         )
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True, backlog=1024)
@@ -110,16 +137,32 @@ class ThriftHttpServer:
         logger.info("%s listening on %s:%d", self.handler.tier, self.config.host, self.port)
         return self.port
 
+    @property
+    def in_flight(self) -> int:
+        """Calls being read or handled right now."""
+        return self._in_flight
+
     async def stop(self) -> None:
-        """Drain and stop: readiness false, stop accepting, wait for in-flight calls, close."""
+        """Drain and stop: readiness false, grace period, stop accepting, wait for in-flight calls, close."""
         if self._runner is None:
             return
         self.draining = True
-        logger.info("%s draining: %d calls in flight, timeout %.1f s", self.handler.tier, self._in_flight, self.config.drain_timeout_s)
+        config = self.config
+        logger.info(
+            "%s draining: %d calls in flight, grace %.1f s, timeout %.1f s",
+            self.handler.tier, self._in_flight, config.drain_grace_s, config.drain_timeout_s,
+        )
         started = time.monotonic()
+        if config.drain_grace_s > 0:
+            await asyncio.sleep(config.drain_grace_s)
+        # Closes the listening socket and idle connections, waits up to drain_timeout_s for the
+        # calls in progress, then cancels what is left.
         await self._runner.cleanup()
         self._runner = None
-        logger.info("%s stopped after %.2f s", self.handler.tier, time.monotonic() - started)
+        logger.info(
+            "%s stopped after %.2f s: %d calls answered while draining, %d cancelled at the drain timeout",
+            self.handler.tier, time.monotonic() - started, self._answered_while_draining, self._cancelled_while_draining,
+        )
 
     # ---- routes -----------------------------------------------------------------------------
 
@@ -152,7 +195,7 @@ class ThriftHttpServer:
 
     async def _thrift(self, request: web.Request) -> web.StreamResponse:
         self._in_flight += 1
-        started = time.perf_counter()
+        started = time.monotonic()
         method, outcome = "unknown", "ok"
         try:
             body, too_large = await self._read_body(request)
@@ -162,16 +205,33 @@ class ThriftHttpServer:
             try:
                 method, seqid, args = codec.decode_call(body)
             except codec.DecodeError as error:
+                if isinstance(error, codec.FieldTypeError) and error.name == "predict":
+                    method, outcome = "predict", "InvalidRequest"
+                    invalid = fmlite_thrift.InvalidRequest(message=str(error), field=error.field)
+                    reply = codec.encode_reply("predict", error.seqid, codec.SERVICE.predict_result(invalid=invalid))
+                    return web.Response(body=reply, content_type=CONTENT_TYPE, headers={"Connection": "close"})
                 outcome = "malformed"
                 self.metrics.malformed.inc()
                 self._errors.warning("malformed call from %s: %s", request.remote, error)
                 reply = codec.encode_application_error(error.name, error.seqid, error.kind, str(error))
                 return web.Response(body=reply, content_type=CONTENT_TYPE, headers={"Connection": "close"})
-            reply, outcome = await self._dispatch(method, seqid, args)
-            return web.Response(body=reply, content_type=CONTENT_TYPE)
+            with receiving_call(started):
+                reply, outcome = await self._dispatch(method, seqid, args, started)
+            response = web.Response(body=reply, content_type=CONTENT_TYPE)
+            if self.draining:
+                # Tell the caller not to reuse this connection: the listening socket closes soon.
+                response.force_close()
+            return response
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            if self.draining:
+                self._cancelled_while_draining += 1
+            raise
         finally:
             self._in_flight -= 1
-            self.metrics.observe(method, outcome, time.perf_counter() - started)
+            if self.draining and outcome != "cancelled":
+                self._answered_while_draining += 1
+            self.metrics.observe(method, outcome, time.monotonic() - started)
 
     def _too_large(self, prefix: bytes) -> web.Response:
         message = (
@@ -189,10 +249,24 @@ class ThriftHttpServer:
             reply = codec.encode_application_error(method, seqid, TApplicationException.PROTOCOL_ERROR, message)
         return web.Response(body=reply, content_type=CONTENT_TYPE, headers={"Connection": "close"})
 
-    async def _dispatch(self, method: str, seqid: int, args: Any) -> tuple[bytes, str]:
+    def _check_predict(self, args: Any, started: float) -> None:
+        """Raise ``DeadlineExceeded`` when the call's budget ran out while it was read."""
+        request = args.request
+        timeout_ms = request.timeout_ms if request is not None else None
+        if type(timeout_ms) is int and timeout_ms > 0:
+            elapsed_ms = (time.monotonic() - started) * 1000.0
+            if elapsed_ms >= timeout_ms:
+                self.metrics.expired.inc()
+                raise fmlite_thrift.DeadlineExceeded(
+                    message=f"request {request.request_id or ''}: timeout_ms {timeout_ms} ran out after {elapsed_ms:.1f} ms "
+                    "while the call was read; not computed"
+                )
+
+    async def _dispatch(self, method: str, seqid: int, args: Any, started: float) -> tuple[bytes, str]:
         result = getattr(codec.SERVICE, f"{method}_result")()
         try:
             if method == "predict":
+                self._check_predict(args, started)
                 result.success = await self.handler.predict(args.request)
             else:
                 result.success = await self.handler.health()

@@ -30,7 +30,11 @@ struct PredictRequest {
   // Time budget in milliseconds that is left for this call; each tier passes on what remains.
   4: optional i32 timeout_ms,
   // Model variant; L0 sets it from the traffic split, a direct caller of L1 or a leaf may set it.
+  // At L0 it may also name a combined variant of the traffic config.
   5: optional string variant,
+  // Unix time in milliseconds from which L0's exploration policy computes glance ages. L0 uses
+  // its own clock when it is unset; a replay of a logged request passes the logged value.
+  6: optional i64 request_time_ms,
 }
 
 struct PredictResponse {
@@ -46,6 +50,18 @@ struct PredictResponse {
   // Number of positions with FLAG_UNKNOWN_GLANCE.
   8: required i32 unknown_glances,
   9: required bool cold_start_user,
+  // Set by L0 for a combined variant: each base variant's scores, in request order.
+  10: optional map<string, list<double>> variant_scores,
+  // Set by L0 when an exploration policy ran: the scores before the policy, in request order.
+  11: optional list<double> scores_before_exploration,
+  // Number of positions with FLAG_EXPLORED.
+  12: optional i32 explored_positions,
+  // Experiment bucket of the user in L0's traffic split.
+  13: optional string bucket,
+  // Time in Unix milliseconds that the exploration policy used for glance ages.
+  14: optional i64 request_time_ms,
+  // Version of the glance statistics that the exploration policy used.
+  15: optional string glance_stats_version,
 }
 
 // The request breaks a documented limit or is malformed. Retrying the same request fails again.

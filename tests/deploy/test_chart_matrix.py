@@ -330,7 +330,6 @@ def test_lint_strict_is_clean(combination: Combination) -> None:
     assert lint_findings(combination.values()) == []
 
 
-@pytest.mark.xfail(strict=True, reason="serve-leaf does not accept --runner tfserving, --tfserving-address or --redis-url yet")
 def test_container_args_parse_with_fmlite_cli() -> None:
     from fmlite.cli import build_parser
 

@@ -114,7 +114,8 @@ def test_nan_and_inf_rows_rejected_and_counted(tmp_path):
     cache = load_profile_cache(tmp_path, shard=shard_of(users[0], 2), num_shards=2)
     assert cache.glances.rejected == 1
     assert glances[3] not in cache.glance_index
-    assert users[0] not in cache.user_index
+    assert users[0] not in cache.users.index
+    assert cache.users.lookup(users[0]) is None
     assert cache.users.rejected == 1
 
 

@@ -147,7 +147,8 @@ async def test_maximum_glances_accepted_and_one_more_rejected(client):
 async def test_non_utf8_and_long_ids_rejected(server):
     _, port, _ = server
     body = codec.encode_call("predict", 3, request=T.PredictRequest(user_id="u\u00e9", glance_ids=["ok"]))
-    body = body.replace("u\u00e9".encode(), b"u\xff")
+    # Same length as "u\u00e9" in UTF-8, so the length prefix still matches.
+    body = body.replace("u\u00e9".encode(), b"u\xff\xfe")
     _, reply = await post_raw(port, body)
     with pytest.raises(T.InvalidRequest, match="not valid UTF-8"):
         codec.decode_reply(reply, "predict", 3)
