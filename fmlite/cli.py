@@ -221,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _bench_options(bench)
     _release_commands(commands)
+    # evaluate, simulate and finetune-text; their module imports only the standard library until run.
+    from model.cli_quality import add_quality_parsers
+
+    add_quality_parsers(commands)
     return parser
 
 
@@ -562,6 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "release": _run_release_command,
         "rollback": _run_release_command,
     }
+    if args.command not in handlers:
+        return args.handler(args)
     return handlers[args.command](args)
 
 

@@ -266,6 +266,9 @@ def _serve(args: argparse.Namespace, var: Path, *, leaf_args: list[str]) -> int:
         traffic=Path(args.traffic) if args.traffic else None,
         workdir=var / "run",
         leaf_args=leaf_args,
+        # The replay sends requests with a budget of --timeout-ms; each leaf call gets 60% of it,
+        # so a retry on the other replica still fits, as the 30 ms default does for 50 ms requests.
+        l1_args=["--chunk-timeout-ms", str(max(30.0, 0.6 * args.timeout_ms))] if args.once else [],
     )
     print(f"starting {args.shards} shards x {args.leaves_per_shard} leaves, {args.shards} L1 controllers and one L0 router "
           f"(logs in {platform.workdir})", flush=True)
