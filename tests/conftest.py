@@ -85,10 +85,13 @@ class TrainedArtifacts:
 
 
 @pytest.fixture(scope="session")
-def trained_artifacts(pipeline_run) -> TrainedArtifacts:
-    """The session's pipeline run, or the artifact root named by ``FMLITE_TEST_ARTIFACTS``."""
+def trained_artifacts(request: pytest.FixtureRequest) -> TrainedArtifacts:
+    """The session's pipeline run, or the artifact root named by ``FMLITE_TEST_ARTIFACTS``.
+
+    The pipeline fixture is requested only when no root is named, so naming one skips training.
+    """
     existing = os.environ.get("FMLITE_TEST_ARTIFACTS")
     if existing:
         return TrainedArtifacts(Path(existing))
-    config, _ = pipeline_run
+    config, _ = request.getfixturevalue("pipeline_run")
     return TrainedArtifacts(config.out)

@@ -24,31 +24,32 @@ __all__ = ["FigureBook", "render_markdown", "main"]
 
 DOC_HEADER = """# Reliability: faults under load
 
-Every row of the failure table in the design (leaf killed, leaf slower than the chunk timeout,
-silent leaf, Redis outage, new versions under load, bad input, SIGTERM) is a test in
-`tests/reliability/` against real L0, L1 and leaf processes on loopback. This page is generated
-from the figures of the latest run of those tests:
+Every row of the failure table in the design is a test in `tests/reliability/`: a leaf killed,
+a leaf slower than the chunk timeout, a silent leaf, a Redis outage, new versions under load,
+bad input and SIGTERM. The tests run against real L0, L1 and leaf processes on loopback. This
+page is generated from the figures of the latest run of those tests:
 
     FMLITE_RELIABILITY_DOC=docs/reliability.md .venv/bin/python -m pytest tests/reliability
 
 Latencies are client-side, measured by the test process, which shares the machine's cores
 with every server process, so they are an upper bound of what the servers need. "Failed" counts
 every request that did not return the expected scores: a typed error, a transport error or a
-reply that does not match the request. Where a fault leaves no way to answer (the only leaf is
-silent, both tries of a chunk time out, the L0 that was sent the request has stopped), requests
-fail by design, and the test checks what must still hold: typed errors only, no reply for
-another request, no leaked connection, every request accepted before SIGTERM answered.
+reply that does not match the request. Some faults leave no way to answer: the only leaf is
+silent, both tries of a chunk time out, or the L0 that was sent the request has stopped. There
+requests fail by design, and the test checks what must still hold: typed errors only, no reply
+for another request, no leaked connection, every request accepted before SIGTERM answered.
 
 ## How the platform reacts to each fault
 
 - **Deadlines.** A request's `timeout_ms` is turned into a deadline when a server begins reading
   the call. L0 passes the time left to L1, and L1 passes `min(chunk timeout, time left)` to each
   leaf call, each less a margin of 5% (at most 5 ms) so that the next tier gives up first and
-  replies with a typed error. Work whose deadline has passed is not started: a tier that receives no time
-  left replies `DeadlineExceeded`, L1 sends no retry, hedge or re-send with less than 1 ms left
-  and cancels the chunk calls still pending at the deadline, and the server answers a call whose
-  budget ran out while it was being read without calling the handler. Each drop is counted
-  (`fmlite_deadline_dropped_total`, `fmlite_expired_calls_total`).
+  replies with a typed error. Work whose deadline has passed is not started. A tier that
+  receives no time left replies `DeadlineExceeded`. L1 sends no retry, hedge or re-send with
+  less than 1 ms left, and it cancels the chunk calls still pending at the deadline. A server
+  replies `DeadlineExceeded` without calling the handler when a call's budget ran out while the
+  call was being read. Each drop is counted (`fmlite_deadline_dropped_total`,
+  `fmlite_expired_calls_total`).
 - **Replica choice.** L0 and L1 pick the next-tier replica by two random choices, comparing
   `(calls in flight + 1) * latency estimate` (a peak EWMA). Replicas are ejected after 5
   consecutive failed calls, after 2 failed health checks, or at once when a health check reports
@@ -58,9 +59,9 @@ another request, no leaked connection, every request accepted before SIGTERM ans
   while the budget of 5% extra calls lasts; the first reply wins and the other call is cancelled,
   which closes its connection.
 - **Versions.** A response is built from chunks of one model version and one profile version.
-  When chunks come back from different versions (a leaf switched in the middle of a request),
-  L1 keeps the version most chunks carry, ties going to the newer one, and re-sends the other
-  chunks to leaves last seen at that version, at most twice.
+  Chunks can come back from different versions when a leaf switches in the middle of a
+  request. L1 then keeps the version that most chunks carry (ties go to the newer one) and
+  re-sends the other chunks to leaves last seen at that version, at most twice.
 - **Drain.** On SIGTERM every tier turns readiness false, keeps serving for `--drain-grace-s`
   (0 by default) with `Connection: close` on every reply, closes the listening socket, finishes
   the calls in flight within `--drain-timeout-s`, closes its client pools and exits 0.
@@ -72,10 +73,10 @@ another request, no leaked connection, every request accepted before SIGTERM ans
   (`rpc/wire_check.py`). thriftpy2 0.7.1 alone spins for about 40 s of CPU on a 27-byte body
   that declares 2**31 elements of a type without wire width, and silently drops a field sent
   with the wrong wire type. With the walk, such bodies get a Thrift application exception, and a
-  wrongly typed field gets `InvalidRequest` naming it. Measured on the 2-core development
-  machine, the walk costs about as much CPU as the decode itself up to 256 glance ids (20 µs for
-  30 ids, 40 µs for 100) and 15% of it at 10,000 ids, where NumPy checks the id list. A
-  property-based test (hypothesis, 200 examples per property) fuzzes the decoder in every
+  wrongly typed field gets `InvalidRequest` naming it. On the 2-core development machine the
+  walk costs about as much CPU as the decode itself up to 256 glance ids (20 µs for 30 ids,
+  40 µs for 100). At 10,000 ids it costs 15% of the decode, because NumPy checks the id list.
+  A property-based test (hypothesis, 200 examples per property) fuzzes the decoder in every
   `make test`.
 """
 

@@ -117,7 +117,9 @@ def test_malformed_bodies_get_application_errors(endpoints, profiles: Profiles, 
     assert_still_serving(server, profiles)
     assert metric_total(server.metrics(), "fmlite_malformed_calls_total") >= len(bodies) - 1
     figure_book.add(
-        f"malformed bodies at {tier}", load="one body at a time: empty, truncated, random, wrong method or message type",
+        f"malformed bodies at {tier}",
+        load="one body at a time: empty, truncated, 30 random, wrong method or message type, negative list length, "
+        "a list of 2**31 elements without wire width, trailing bytes",
         sent=len(bodies), failed=0, process_alive_after=True,
         note="Every body got a Thrift application exception or InvalidRequest over HTTP 200; none crashed the process.",
     )

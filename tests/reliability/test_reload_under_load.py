@@ -46,8 +46,8 @@ def test_new_versions_under_load(store_platform: StorePlatform, templates, figur
     result = asyncio.run(run_load(
         platform.l1.address, unchecked, rate_per_s=RATE, duration_s=DURATION_S, timeout_ms=DEADLINE_MS, check=check,
         description=f"{RATE:.0f} req/s open loop via L1 over two hot-reloading leaves that read Redis, {GLANCES_PER_REQUEST} ids "
-        f"per request, deadline {DEADLINE_MS} ms; new model version after {MODEL_AT_S:.0f} s, new profile version published "
-        f"to Redis after {PROFILES_AT_S:.0f} s",
+        f"per request, deadline {DEADLINE_MS} ms; new model version after {MODEL_AT_S:g} s, new profile version published "
+        f"to Redis after {PROFILES_AT_S:g} s",
         events=[
             (MODEL_AT_S, lambda: os.rename(platform.staged_model, platform.models / platform.new_model)),
             (PROFILES_AT_S, publishing.start),
