@@ -29,7 +29,7 @@ __all__ = ["GROW_BELOW", "AdaptiveChunkConfig", "ChunkSizer"]
 
 logger = logging.getLogger(__name__)
 
-# Share of the target below which the mean fan-out time lets chunks grow; between it and the
+# Share of the target below which the mean fan-out time lets chunks grow. Between it and the
 # target the size holds, so a size just under the target does not flip between two values.
 GROW_BELOW = 0.75
 

@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     l1.add_argument("--variant-chunk-size", action="append", type=_key_value, default=[], metavar="VARIANT=N",
                     help="chunk size for one variant (default cosine=400)")
     l1.add_argument("--chunk-timeout-ms", type=float, default=30.0, help="timeout of one leaf call (default %(default)s)")
+    l1.add_argument("--chunk-target-ms", type=float, default=0.0,
+                    help="grow chunks above --chunk-size while a request's leaf calls finish, on average, within three "
+                         "quarters of this many ms; 0 keeps chunk sizes fixed (default %(default)s)")
+    l1.add_argument("--max-chunk-size", type=int, default=1000,
+                    help="largest chunk size that --chunk-target-ms may choose (default %(default)s)")
     l1.add_argument("--deadline-ms", type=int, default=50, help="time budget of a request without timeout_ms (default %(default)s)")
     l1.add_argument("--retries", type=int, default=1, help="extra calls of a failed chunk, each on another leaf (default %(default)s)")
     l1.add_argument("--no-hedging", action="store_true", help="never send a second copy of a slow chunk")
@@ -257,6 +262,7 @@ def _run_l0(args: argparse.Namespace) -> int:
 def _run_l1(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
+    from controller.chunking import AdaptiveChunkConfig
     from controller.hedging import HedgeConfig
     from controller.replicas import parse_replica_list
     from controller.shard import ShardController, ShardControllerConfig
@@ -282,6 +288,7 @@ def _run_l1(args: argparse.Namespace) -> int:
             min_delay_ms=args.hedge_min_delay_ms,
         ),
         replica_policy=_replica_policy(args),
+        adaptive_chunks=AdaptiveChunkConfig(target_ms=args.chunk_target_ms, max_size=args.max_chunk_size),
     )
     registry = CollectorRegistry()
     handler = ShardController(config, registry=registry)

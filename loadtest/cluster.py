@@ -1,7 +1,7 @@
 """Server processes of one benchmark run on 127.0.0.1: leaves, L1 controllers, L0 routers, the REST peer.
 
-Each server is its own process started with this Python, listening on a free loopback port that
-it writes to a port file; a server counts as started once ``GET /readyz`` answers 200. Processes
+Each server is its own process started with this Python. It listens on a free loopback port,
+writes the port to a port file, and counts as started once ``GET /readyz`` returns 200. Processes
 are stopped by their own PID with SIGTERM (every tier drains and exits 0), and killed only when
 they do not exit in time. Unlike ``fmlite.launcher.LocalPlatform`` the tiers start separately,
 so several controller groups can share one set of leaves (the chunk-size sweep).
@@ -26,7 +26,7 @@ __all__ = ["LEAF_KINDS", "Cluster", "PlatformGroup", "PlatformStartError", "pid_
 
 logger = logging.getLogger(__name__)
 
-# How a leaf scores: a runner of ``fmlite serve-leaf``, or constant scores (``loadtest.floor_leaf``).
+# Leaf scoring kinds: a runner of ``fmlite serve-leaf``, or constant scores (``loadtest.floor_leaf``).
 LEAF_KINDS = ("numpy", "savedmodel", "constant")
 
 
@@ -84,7 +84,7 @@ class Cluster:
         return server
 
     def wait_ready(self, servers: Iterable[ServerProcess], *, timeout_s: float = 300.0) -> None:
-        """Wait until every server answers ``/readyz`` with 200; raise ``PlatformStartError`` otherwise."""
+        """Wait until every server returns 200 on ``/readyz``; raise ``PlatformStartError`` otherwise."""
         deadline = time.monotonic() + timeout_s
         pending = list(servers)
         while pending:

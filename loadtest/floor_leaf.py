@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port-file", help="write the bound port to this file once listening")
     parser.add_argument("--shard", type=int, required=True, help="shard index whose users this leaf stores")
     parser.add_argument("--num-shards", type=int, required=True, help="number of shards of the platform")
-    parser.add_argument("--profiles", required=True, help="profile snapshot root (holds CURRENT and <version>/)")
+    parser.add_argument("--profiles", required=True, help="profile snapshot root, the directory with CURRENT and <version>/")
     parser.add_argument("--model", action="append", type=_model, default=[], metavar="VARIANT=DIR",
                         help="model base directory of a variant; only its newest version number is read, for responses")
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")

@@ -1,8 +1,8 @@
 """The leaf's scoring step alone: the NumPy runner against the in-process SavedModel call.
 
 Both runners score the same user against the same chunk of glance rows of one shard's
-``ProfileCache``; each call is timed with the process's CPU clock (TensorFlow's own threads
-count) and the median of many calls is kept, so other work on the machine changes the figure
+``ProfileCache``. Each call is timed with the process's CPU clock, so TensorFlow's own threads
+count, and the median of many calls is kept, so other work on the machine changes the figure
 little. The scores of both are compared
 before anything is timed.
 """
@@ -60,7 +60,7 @@ def time_leaf_kernels(
     profiles = load_profile_cache(profiles_root, shard=0, num_shards=manifest.num_shards)
     users = profiles.users
     if not len(users):
-        raise ValueError(f"shard 0 of {profiles_root} holds no user to time the scoring step with")
+        raise ValueError(f"shard 0 of {profiles_root} contains no user to time the scoring step with")
     rng = np.random.default_rng(seed)
     user = users.lookup(str(users.table.ids[int(rng.integers(len(users)))])) if hasattr(users, "table") else profiles.cold_start
     rows = rng.choice(len(profiles.glances), size=chunk_size, replace=chunk_size > len(profiles.glances))

@@ -1,7 +1,7 @@
 """The usual alternative to leaf profile caches: one process serving TensorFlow Serving's REST predict API.
 
 The caller looks up the user's and every glance's feature vectors itself and sends them as JSON,
-one instance per (user, glance) row, to ``POST /v1/models/<name>:predict``; the server decodes
+one instance per (user, glance) row, to ``POST /v1/models/<name>:predict``. The server decodes
 the JSON, builds the six signature inputs and calls the SavedModel once per request, in process,
 the way TensorFlow Serving runs it. This is the benchmark's peer configuration, not part of the
 platform: it holds no profiles and shards nothing.

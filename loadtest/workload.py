@@ -1,7 +1,7 @@
 """Requests drawn from the trained artifacts: real user ids and glance ids of the published snapshot.
 
 Every load generator of ``loadtest`` takes its requests from here, so the platform is driven with
-ids it holds profiles for (no unknown glances, no cold-start users unless asked for).
+ids it has profiles for: no unknown glances and no cold-start users.
 """
 
 from __future__ import annotations

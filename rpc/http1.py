@@ -2,9 +2,9 @@
 
 The wire is the same as any HTTP client's: ``POST /thrift`` with ``Content-Length``. A call
 writes one preformatted request head and parses only the status line and the three headers it
-needs. It builds none of aiohttp's request, URL, cookie and header objects. On the 2-core development
-machines this cut the client side of a 100-glance leaf call from about 0.8 ms to under 0.3 ms of
-CPU (``loadtest`` measurements; the figures are in ``docs/benchmarks.md``).
+needs. It builds none of aiohttp's request, URL, cookie and header objects. On the 2-core
+development machines this cut the client CPU of a 100-glance leaf call from about 0.8 ms to
+about 0.4 ms; ``docs/benchmarks.md`` has the measurement.
 
 Safety invariant: a connection carries one request at a time. It goes back to the idle list
 only after the whole reply (``Content-Length`` bytes, nothing more) was read and the server did
