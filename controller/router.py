@@ -207,12 +207,12 @@ class Router:
             if remaining <= 0:
                 self.metrics.deadline_dropped.inc()
                 raise T.DeadlineExceeded(
-                    message=f"request {request_id}: {budget_ms} ms passed before shard {shard} answered; not forwarded"
+                    message=f"request {request_id}: {budget_ms} ms passed before shard {shard} replied; not forwarded"
                     + (f" (last error: {last_error})" if last_error else "")
                 )
             replica = replicas.choose(exclude=tried)
             if replica is None:
-                raise T.Unavailable(message=f"request {request_id}: no L1 replica of shard {shard} answered: {last_error}", tier=self.tier)
+                raise T.Unavailable(message=f"request {request_id}: no L1 replica of shard {shard} replied: {last_error}", tier=self.tier)
             kind = "retry" if tried else "primary"
             if tried:
                 self.metrics.retries.inc()

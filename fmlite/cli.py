@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     _server_options(leaf)
     leaf.add_argument("--shard", type=int, required=True, help="shard index whose users this leaf stores")
     leaf.add_argument("--num-shards", type=int, required=True, help="number of shards of the platform")
-    leaf.add_argument("--profiles", help="profile snapshot root (holds CURRENT and <version>/); with --redis-url, "
+    leaf.add_argument("--profiles", help="profile snapshot root (contains CURRENT and <version>/); with --redis-url, "
                       "read only when Redis is unavailable at start")
     leaf.add_argument("--model", action="append", type=_key_value, default=[], metavar="VARIANT=DIR",
                       help="model base directory in TF Serving layout for a variant, e.g. fmlite=var/models/fmlite")
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish = commands.add_parser("publish-profiles", help="copy a profile snapshot into the Redis profile store and publish it")
     publish.add_argument("--redis-url", required=True, help="Redis URL, e.g. redis://127.0.0.1:6379/0")
     publish.add_argument("--prefix", default="fmlite:profiles", help="key prefix in Redis (default %(default)s)")
-    publish.add_argument("--profiles", help="snapshot root (holds CURRENT and <version>/)")
+    publish.add_argument("--profiles", help="snapshot root (contains CURRENT and <version>/)")
     publish.add_argument("--version", type=int, help="snapshot version to publish (default: the one CURRENT names)")
     publish.add_argument("--no-activate", action="store_true", help="store the version without moving the version pointer")
     publish.add_argument("--keep-versions", type=int, default=2, help="complete versions kept in Redis after publishing (default %(default)s)")

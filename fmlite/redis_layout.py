@@ -175,7 +175,7 @@ def manifest_from_json(text: str | bytes) -> tuple[Manifest, Mapping[str, Any]]:
     cold_start = {section: np.asarray(raw["cold_start"][section], np.float32) for section in SECTIONS}
     for section, vector in cold_start.items():
         if not np.all(np.isfinite(vector)):
-            raise StoreLayoutError(f"stored manifest of version {raw.get('version')}: cold-start section {section!r} holds NaN or inf")
+            raise StoreLayoutError(f"stored manifest of version {raw.get('version')}: cold-start section {section!r} contains NaN or inf")
     manifest = Manifest(
         version=int(raw["version"]),
         num_shards=int(raw["num_shards"]),

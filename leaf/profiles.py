@@ -167,7 +167,7 @@ def load_profile_cache(root: str | Path, *, shard: int, num_shards: int, version
         )
     glances = snapshot.load_glances(directory, manifest)
     if len(glances) == 0:
-        raise SnapshotError(f"snapshot {directory} holds no valid glance profile")
+        raise SnapshotError(f"snapshot {directory} contains no valid glance profile")
     users = SnapshotUsers(snapshot.load_users(directory, shard, manifest))
     cache = ProfileCache(
         version=str(manifest.version),

@@ -25,7 +25,7 @@ DEFAULT_GLANCES_PER_REQUEST = 1000
 
 
 class WorkloadError(RuntimeError):
-    """The artifact root holds no usable published snapshot."""
+    """The artifact root contains no usable published snapshot."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,6 @@ def load_workload(profiles_root: str | Path) -> Workload:
     glances = snapshot.load_glances(directory, manifest)
     users = tuple(snapshot.load_users(directory, shard, manifest) for shard in range(manifest.num_shards))
     if len(glances) == 0 or not any(len(table) for table in users):
-        raise WorkloadError(f"snapshot {directory} holds {len(glances)} glances and {sum(len(t) for t in users)} users; both must be non-zero")
+        raise WorkloadError(f"snapshot {directory} contains {len(glances)} glances and {sum(len(t) for t in users)} users; both must be non-zero")
     logger.info("workload from snapshot %s: %d users, %d glances", directory, sum(len(t) for t in users), len(glances))
     return Workload(profiles_root=root, manifest=manifest, glances=glances, users=users)

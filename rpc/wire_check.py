@@ -97,7 +97,7 @@ class _Walker:
             return position
         for element_type in types:
             if element_type not in _VALID:
-                raise WireError(f"{field or 'a container'} at byte {position} holds elements of {_type_name(element_type)}", field=field)
+                raise WireError(f"{field or 'a container'} at byte {position} contains elements of {_type_name(element_type)}", field=field)
         widths = [_FIXED_WIDTH.get(t) for t in types]
         if None not in widths:
             return position + size * sum(widths)
