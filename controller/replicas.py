@@ -1,7 +1,9 @@
 """Replica sets: the servers one tier calls for a shard, which one a call goes to, and which are left out.
 
-Addresses are ``HOST:PORT`` entries, or ``dns+HOST:PORT`` for a name (a Kubernetes headless
-Service) that is resolved every ``refresh_s`` seconds, each A record becoming a replica.
+Addresses are ``HOST:PORT`` entries (Thrift over HTTP) or ``framed://HOST:PORT`` entries (framed
+Thrift, see ``rpc.framed``), and either form behind ``dns+`` (``dns+framed://HOST:PORT``) names a
+host (a Kubernetes headless Service) that is resolved every ``refresh_s`` seconds, each A record
+becoming a replica with the same transport.
 
 Choice (power of two choices): two admitted replicas are drawn at random and the call goes to the
 one with the lower cost, ``(calls in flight + 1) * latency estimate``. The estimate is a peak EWMA
@@ -37,8 +39,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from controller.metrics import ControllerMetrics
-from rpc.client import ThriftHttpClient, parse_address
+from rpc.client import parse_address
 from rpc.errors import RpcError
+from rpc.framed import FRAMED_SCHEME, client_for, split_transport
 from rpc.idl import fmlite_thrift
 
 __all__ = ["ReplicaPolicy", "Replica", "ReplicaSet", "parse_replica_list", "version_order"]
@@ -91,7 +94,7 @@ class Replica:
         "check_failures", "check_passes", "ejected", "versions",
     )
 
-    def __init__(self, address: str, client: ThriftHttpClient, *, latency_s: float):
+    def __init__(self, address: str, client: Any, *, latency_s: float):
         self.address = address
         self.client = client
         # Calls sent and not finished.
@@ -117,9 +120,9 @@ def parse_replica_list(text: str) -> list[str]:
     """Split a comma-separated address list and check each entry."""
     entries = [item.strip() for item in text.split(",") if item.strip()]
     if not entries:
-        raise ValueError(f"empty address list {text!r}; expected HOST:PORT[,HOST:PORT...] or dns+HOST:PORT")
+        raise ValueError(f"empty address list {text!r}; expected HOST:PORT[,HOST:PORT...], framed://HOST:PORT or dns+ before either")
     for entry in entries:
-        parse_address(entry.removeprefix("dns+"))
+        parse_address(split_transport(entry.removeprefix("dns+"))[1])
     return entries
 
 
@@ -164,7 +167,8 @@ class ReplicaSet:
 
     def _add(self, address: str) -> None:
         if address not in self.replicas:
-            client = ThriftHttpClient(address, pool_size=self._pool_size)
+            # framed://HOST:PORT gets the framed client, HOST:PORT the HTTP one.
+            client = client_for(address, pool_size=self._pool_size)
             self.replicas[address] = Replica(address, client, latency_s=self._mean_latency_s)
             logger.info("%s: replica added: %s", self.name, address)
             self._membership_changed()
@@ -212,7 +216,9 @@ class ReplicaSet:
         loop = asyncio.get_running_loop()
         wanted = set(self._static)
         for name in self._dns:
-            host, port = parse_address(name)
+            transport, host_port = split_transport(name)
+            scheme = FRAMED_SCHEME if transport == "framed" else ""
+            host, port = parse_address(host_port)
             try:
                 infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except OSError as error:
@@ -220,7 +226,7 @@ class ReplicaSet:
                 return
             for info in infos:
                 ip = info[4][0]
-                wanted.add(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}")
+                wanted.add(scheme + (f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"))
         for address in wanted:
             self._add(address)
         for address in list(self.replicas):

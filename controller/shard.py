@@ -5,9 +5,10 @@ Contract of ``predict``:
   of ``rpc.validation`` is checked before any leaf is called;
 - the deadline is ``timeout_ms`` (or ``default_timeout_ms``) after the server began reading the
   call; a request that arrives with no time left is dropped and counted;
-- glance ids are split into chunks of the variant's chunk size (default 100; with
-  ``adaptive_chunks`` on, ``controller.chunking`` grows it while leaf calls are fast) and all
-  chunks are sent in parallel, each call bounded by ``min(chunk_timeout_ms, time left)`` and
+- glance ids are split into chunks whose size ``controller.chunking`` chooses per request from
+  the measured cost of leaf calls, starting at the variant's configured chunk size (default
+  100); with ``adaptive_chunks.enabled`` False the configured size is used as is. All chunks
+  are sent in parallel, each call bounded by ``min(chunk_timeout_ms, time left)`` and
   carrying that bound, less a small margin, as its ``timeout_ms``; ``controller.fanout``
   retries, hedges and pins versions;
 - scores and flags come back in request order from one model version and one profile version;
@@ -65,7 +66,7 @@ class ShardControllerConfig:
     pool_size: int = 64
     hedging: HedgeConfig = field(default_factory=HedgeConfig)
     replica_policy: ReplicaPolicy = field(default_factory=ReplicaPolicy)
-    # Chunk sizes that grow above the configured ones while leaf calls are fast; off by default.
+    # Chunk sizes chosen from measured leaf-call cost; ``enabled=False`` keeps the configured ones.
     adaptive_chunks: AdaptiveChunkConfig = field(default_factory=AdaptiveChunkConfig)
 
     def __post_init__(self) -> None:
@@ -158,20 +159,24 @@ class ShardController:
             self.metrics.deadline_dropped.inc()
             raise T.DeadlineExceeded(message=f"request {request_id} arrived with no time left (timeout_ms {budget_ms}); not scored")
 
-        configured = config.chunk_size_for(variant)
-        size = self.chunk_sizer.size(variant, configured)
-        chunks = [glance_ids[start:start + size] for start in range(0, len(glance_ids), size)]
+        count = len(glance_ids)
+        # Admitted replicas share the chunks; when all are ejected, calls go to every one.
+        replicas = len(self.leaves.admitted) or len(self.leaves)
+        fanout_started = time.monotonic()
+        call_budget_s = min(deadline - fanout_started, self.fanout.config.chunk_timeout_s)
+        size = self.chunk_sizer.size(variant, config.chunk_size_for(variant), count=count, replicas=replicas, budget_s=call_budget_s)
+        chunks = [glance_ids[start:start + size] for start in range(0, count, size)]
         for chunk in chunks:
             self.metrics.chunk_size.observe(len(chunk))
-        fanout_started = time.monotonic()
         try:
             results, (model_version, profile_version) = await self.fanout.run(
                 user_id=request.user_id, chunks=chunks, request_id=request_id, variant=variant, deadline=deadline
             )
         except T.DeadlineExceeded:
-            self.chunk_sizer.observe(variant, configured, time.monotonic() - fanout_started)
+            # The time until the deadline is a lower bound of what the calls needed.
+            self.chunk_sizer.observe(variant, count=count, chunks=len(chunks), replicas=replicas, seconds=time.monotonic() - fanout_started)
             raise
-        self.chunk_sizer.observe(variant, configured, time.monotonic() - fanout_started)
+        self.chunk_sizer.observe(variant, count=count, chunks=len(chunks), replicas=replicas, seconds=time.monotonic() - fanout_started)
 
         scores: list[float] = []
         flags = bytearray()

@@ -89,7 +89,7 @@ def _bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-s", type=float, help="seconds of load before recording starts (default 3; 1.5 with --quick)")
     parser.add_argument("--glances", type=int, help="glance ids per request (default 1000)")
     parser.add_argument("--leaves-per-shard", type=int, help="leaf replicas per shard (default 1)")
-    parser.add_argument("--chunk-size", type=int, help="FM-Lite chunk size of the L1s in configurations 1 to 3 (default 100)")
+    parser.add_argument("--chunk-size", type=int, help="first FM-Lite chunk size the L1s of configurations 1 to 3 try before adapting (default 100)")
     parser.add_argument("--timeout-ms", type=int, help="timeout_ms of every request (default 50, the platform's budget)")
     parser.add_argument("--configurations", help="comma-separated subset of platform,platform_savedmodel,rpc_floor,features_in_body (default: all)")
     parser.add_argument("--no-kernel", action="store_true", help="skip timing the leaf's scoring step")
@@ -123,16 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
     _server_options(l1)
     l1.add_argument("--shard", type=int, required=True, help="shard index served")
     l1.add_argument("--num-shards", type=int, required=True, help="number of shards of the platform")
-    l1.add_argument("--leaves", required=True, help="leaf addresses: HOST:PORT[,HOST:PORT] or dns+HOST:PORT")
-    l1.add_argument("--chunk-size", type=int, default=100, help="glance ids per leaf call (default %(default)s)")
+    l1.add_argument("--leaves", required=True, help="leaf addresses, comma-separated: framed://HOST:PORT (framed Thrift), HOST:PORT (Thrift over HTTP), "
+                                                 "or either behind dns+ to resolve HOST to every address it has")
+    l1.add_argument("--chunk-size", type=int, default=100,
+                    help="glance ids per leaf call: the first size the L1 tries, or the only one with --fixed-chunk-size (default %(default)s)")
     l1.add_argument("--variant-chunk-size", action="append", type=_key_value, default=[], metavar="VARIANT=N",
                     help="chunk size for one variant (default cosine=400)")
     l1.add_argument("--chunk-timeout-ms", type=float, default=30.0, help="timeout of one leaf call (default %(default)s)")
-    l1.add_argument("--chunk-target-ms", type=float, default=0.0,
-                    help="grow chunks above --chunk-size while a request's leaf calls finish, on average, within three "
-                         "quarters of this many ms; 0 keeps chunk sizes fixed (default %(default)s)")
-    l1.add_argument("--max-chunk-size", type=int, default=1000,
-                    help="largest chunk size that --chunk-target-ms may choose (default %(default)s)")
+    l1.add_argument("--fixed-chunk-size", action="store_true",
+                    help="always send chunks of --chunk-size ids instead of choosing the size from measured leaf-call times")
+    l1.add_argument("--min-chunk-size", type=int, default=50, help="smallest chunk size the L1 chooses, in glance ids (default %(default)s)")
+    l1.add_argument("--max-chunk-size", type=int, default=10000, help="largest chunk size the L1 chooses, in glance ids (default %(default)s)")
+    l1.add_argument("--chunk-budget-share", type=float, default=0.5,
+                    help="share of the time left to the deadline (at most the chunk timeout) that one leaf call's "
+                         "predicted time may take (default %(default)s)")
     l1.add_argument("--deadline-ms", type=int, default=50, help="time budget of a request without timeout_ms (default %(default)s)")
     l1.add_argument("--retries", type=int, default=1, help="extra calls of a failed chunk, each on another leaf (default %(default)s)")
     l1.add_argument("--no-hedging", action="store_true", help="never send a second copy of a slow chunk")
@@ -171,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     leaf.add_argument("--reload-interval-s", type=float, default=5.0,
                       help="seconds between checks for new model and profile versions; 0 turns hot reload off (default %(default)s)")
     leaf.add_argument("--no-cosine", action="store_true", help="do not serve the built-in cosine baseline variant")
+    leaf.add_argument("--framed-port", type=int, default=0,
+                      help="port of the framed Thrift listener on the --listen host, which L1s reach as framed://HOST:PORT; "
+                           "0 picks a free port, -1 turns the listener off (default %(default)s)")
+    leaf.add_argument("--framed-port-file", help="write the bound framed Thrift port to this file once listening")
 
     publish = commands.add_parser("publish-profiles", help="copy a profile snapshot into the Redis profile store and publish it")
     publish.add_argument("--redis-url", required=True, help="Redis URL, e.g. redis://127.0.0.1:6379/0")
@@ -214,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start redis-server on a free loopback port, publish the profiles to it and serve them from Redis")
 
     predict = commands.add_parser("predict", help="score glances for a user through any tier")
-    predict.add_argument("--address", required=True, help="HOST:PORT of an L0, L1 or leaf")
+    predict.add_argument("--address", required=True, help="HOST:PORT of an L0, L1 or leaf over HTTP, or framed://HOST:PORT of a leaf's framed listener")
     predict.add_argument("--user", required=True, help="user id")
     predict.add_argument("--glances", required=True, help="comma-separated glance ids")
     predict.add_argument("--variant", help="model variant (default: the traffic split's)")
@@ -288,7 +296,12 @@ def _run_l1(args: argparse.Namespace) -> int:
             min_delay_ms=args.hedge_min_delay_ms,
         ),
         replica_policy=_replica_policy(args),
-        adaptive_chunks=AdaptiveChunkConfig(target_ms=args.chunk_target_ms, max_size=args.max_chunk_size),
+        adaptive_chunks=AdaptiveChunkConfig(
+            enabled=not args.fixed_chunk_size,
+            min_size=args.min_chunk_size,
+            max_size=args.max_chunk_size,
+            budget_share=args.chunk_budget_share,
+        ),
     )
     registry = CollectorRegistry()
     handler = ShardController(config, registry=registry)
@@ -355,9 +368,13 @@ def _run_leaf(args: argparse.Namespace) -> int:
     registry = CollectorRegistry()
     handler = LeafHandler(config, registry=registry)
     host, port = _listen(args.listen)
+    if not -1 <= args.framed_port <= 65535:
+        raise SystemExit(f"invalid --framed-port {args.framed_port}; expected a port in 0..65535, or -1 for no framed listener")
+    framed_port = args.framed_port if args.framed_port >= 0 else None
     install_event_loop()
     asyncio.run(run_server(handler, ServerConfig(host=host, port=port, max_body_bytes=max_body_bytes(), drain_timeout_s=args.drain_timeout_s),
-                           registry=registry, port_file=args.port_file, load=handler.load))
+                           registry=registry, port_file=args.port_file, load=handler.load,
+                           framed_port=framed_port, framed_port_file=args.framed_port_file))
     return 0
 
 
@@ -433,14 +450,14 @@ def _run_up(args: argparse.Namespace) -> int:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from rpc.client import ThriftHttpClient
+    from rpc.framed import client_for
     from rpc.idl import fmlite_thrift as T
 
     glances = [g for g in args.glances.split(",") if g]
     request = T.PredictRequest(user_id=args.user, glance_ids=glances, variant=args.variant, timeout_ms=args.timeout_ms)
 
     async def call() -> object:
-        client = ThriftHttpClient(args.address)
+        client = client_for(args.address)
         try:
             return await client.predict(request, timeout_s=args.timeout_ms / 1000.0 + 1.0)
         finally:

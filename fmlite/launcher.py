@@ -2,7 +2,9 @@
 
 ``LocalPlatform`` starts the processes in dependency order (leaves, then L1s, then L0), waits
 for each to report ready on ``/readyz``, and stops them in reverse order with SIGTERM so every
-tier drains. Tests and ``fmlite up`` use the same class.
+tier drains. Every leaf also listens for framed Thrift on a free port, and the L1s call the
+leaves there (``framed://``) unless ``leaf_transport`` is "http". Tests and ``fmlite up`` use
+the same class.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ __all__ = [
     "ServerProcess",
     "LocalPlatform",
     "PlatformStartError",
+    "LEAF_TRANSPORTS",
+    "leaf_listen_arguments",
     "artifacts_present",
     "train_artifacts",
     "start_profile_store",
@@ -32,6 +36,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+# Transports of the L1 -> leaf calls: framed Thrift on the leaf's framed port, or Thrift over HTTP.
+LEAF_TRANSPORTS = ("framed", "http")
 
 
 class PlatformStartError(RuntimeError):
@@ -46,16 +54,51 @@ class ServerProcess:
     port_file: Path
     process: subprocess.Popen | None = None
     port: int | None = None
+    # Set for a leaf started with a framed Thrift listener.
+    framed_port_file: Path | None = None
+    framed_port: int | None = None
 
     @property
     def address(self) -> str:
+        """HTTP address: /readyz, /metrics and POST /thrift."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def framed_address(self) -> str:
+        """``framed://`` address of the framed Thrift listener; ValueError when the process has none."""
+        if self.framed_port is None:
+            raise ValueError(f"{self.role} has no framed Thrift listener")
+        return f"framed://127.0.0.1:{self.framed_port}"
+
+    def read_ports(self) -> None:
+        """Read the bound ports from the port files once the server has written them.
+
+        The framed port file is written before the HTTP one, so both are read together.
+        """
+        if self.port is not None or not self.port_file.exists():
+            return
+        text = self.port_file.read_text().strip()
+        if not text.isdigit():
+            return
+        if self.framed_port_file is not None:
+            framed = self.framed_port_file.read_text().strip() if self.framed_port_file.exists() else ""
+            if not framed.isdigit():
+                return
+            self.framed_port = int(framed)
+        self.port = int(text)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+def leaf_listen_arguments(port_file: Path) -> tuple[list[str], Path]:
+    """Return the serve-leaf options that open a framed listener on a free port, and its port file."""
+    framed_port_file = port_file.with_suffix(".framed-port")
+    framed_port_file.unlink(missing_ok=True)
+    return ["--framed-port", "0", "--framed-port-file", str(framed_port_file)], framed_port_file
 
 
 def _ready(port: int) -> bool:
@@ -80,20 +123,28 @@ class LocalPlatform:
     leaf_args: Sequence[str] = ()
     l1_args: Sequence[str] = ()
     l0_args: Sequence[str] = ()
+    # Transport of the L1 -> leaf calls: "framed" or "http" (see LEAF_TRANSPORTS).
+    leaf_transport: str = "framed"
     python: str = sys.executable
     processes: list[ServerProcess] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.leaf_transport not in LEAF_TRANSPORTS:
+            raise ValueError(f"unknown leaf_transport {self.leaf_transport!r}; expected one of {LEAF_TRANSPORTS}")
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="fmlite-platform-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
 
-    def _spawn(self, role: str, arguments: list[str]) -> ServerProcess:
+    def _spawn(self, role: str, arguments: list[str], *, framed: bool = False) -> ServerProcess:
         port_file = self.workdir / f"{role}.port"
         port_file.unlink(missing_ok=True)
         log_path = self.workdir / f"{role}.log"
+        framed_port_file = None
+        if framed:
+            framed_arguments, framed_port_file = leaf_listen_arguments(port_file)
+            arguments = [*arguments, *framed_arguments]
         command = [self.python, "-m", "fmlite.cli", *arguments, "--port-file", str(port_file)]
-        server = ServerProcess(role, command, log_path, port_file)
+        server = ServerProcess(role, command, log_path, port_file, framed_port_file=framed_port_file)
         with log_path.open("w") as log:
             server.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.processes.append(server)
@@ -107,9 +158,7 @@ class LocalPlatform:
                 code = server.process.poll()
                 if code is not None:
                     raise PlatformStartError(f"{server.role} exited with code {code} during start; log tail:\n{server.log_tail()}")
-                if server.port is None and server.port_file.exists():
-                    text = server.port_file.read_text().strip()
-                    server.port = int(text) if text.isdigit() else None
+                server.read_ports()
                 if server.port is not None and _ready(server.port):
                     pending.remove(server)
             if pending and time.monotonic() > deadline:
@@ -134,6 +183,7 @@ class LocalPlatform:
                     f"leaf-{shard}-{replica}",
                     ["serve-leaf", "--listen", "127.0.0.1:0", "--shard", str(shard), "--num-shards", str(self.shards),
                      "--profiles", str(self.profiles), *model_args, *self.leaf_args],
+                    framed=True,
                 )
                 for replica in range(self.leaves_per_shard)
             ]
@@ -142,7 +192,7 @@ class LocalPlatform:
             self._spawn(
                 f"l1-{shard}",
                 ["serve-l1", "--listen", "127.0.0.1:0", "--shard", str(shard), "--num-shards", str(self.shards),
-                 "--leaves", ",".join(s.address for s in leaves[shard]), *self.l1_args],
+                 "--leaves", ",".join(self._leaf_address(s) for s in leaves[shard]), *self.l1_args],
             )
             for shard in range(self.shards)
         ]
@@ -153,6 +203,9 @@ class LocalPlatform:
         if self.traffic is not None:
             l0_arguments += ["--traffic", str(self.traffic)]
         self._wait_ready([self._spawn("l0", [*l0_arguments, *self.l0_args])], timeout_s)
+
+    def _leaf_address(self, leaf: ServerProcess) -> str:
+        return leaf.framed_address if self.leaf_transport == "framed" else leaf.address
 
     def server(self, role: str) -> ServerProcess:
         for server in self.processes:

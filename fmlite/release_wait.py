@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from rpc.client import ThriftHttpClient
+from rpc.framed import client_for
 
 __all__ = ["DiscoveryError", "LeafStatus", "discover_leaves", "leaf_statuses", "wait_for_versions"]
 
@@ -48,7 +48,8 @@ class LeafStatus:
 
 
 async def _health(address: str) -> object:
-    client = ThriftHttpClient(address, pool_size=1)
+    # A leaf address may name the framed listener (framed://HOST:PORT) or the HTTP one.
+    client = client_for(address, pool_size=1)
     try:
         return await client.health(timeout_s=_HEALTH_TIMEOUT_S)
     finally:

@@ -81,10 +81,10 @@ def held_out_day_impressions(data: str | Path) -> tuple[str, list[Impression]]:
 
 async def replay_impressions(address: str, impressions: list[Impression], *, timeout_ms: int, concurrency: int = 8) -> tuple[list, ReplayReport]:
     """Send each impression to ``address`` and return (responses or errors, partial report)."""
-    from rpc.client import ThriftHttpClient
+    from rpc.framed import client_for
     from rpc.idl import fmlite_thrift as T
 
-    client = ThriftHttpClient(address, pool_size=concurrency)
+    client = client_for(address, pool_size=concurrency)
     semaphore = asyncio.Semaphore(concurrency)
     report = ReplayReport(day="")
     results: list = [None] * len(impressions)

@@ -2,9 +2,43 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from dataclasses import dataclass
+from typing import Iterator
 
-__all__ = ["LeafMetrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["LeafMetrics", "USER_SIDE_CACHE_COUNTS", "UserSideCacheCounts"]
+
+
+@dataclass
+class UserSideCacheCounts:
+    """Lookups of the NumPy runner's cache of reduced user vectors since the process started."""
+
+    hits: int = 0
+    misses: int = 0
+
+
+# One per process: runners are built by the reloader, which has no access to the metrics, and
+# a leaf is one process. Several leaves in one process (tests) share these counts.
+USER_SIDE_CACHE_COUNTS = UserSideCacheCounts()
+
+
+class _UserSideCacheCollector(Collector):
+    def __init__(self, tier: str):
+        self.tier = tier
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        hits = CounterMetricFamily(
+            "fmlite_user_side_cache_hits", "Chunks scored with reduced user vectors taken from the NumPy runner's cache.", labels=["tier"]
+        )
+        hits.add_metric([self.tier], USER_SIDE_CACHE_COUNTS.hits)
+        misses = CounterMetricFamily(
+            "fmlite_user_side_cache_misses", "Chunks whose reduced user vectors the NumPy runner computed and cached.", labels=["tier"]
+        )
+        misses.add_metric([self.tier], USER_SIDE_CACHE_COUNTS.misses)
+        return iter((hits, misses))
 
 
 class LeafMetrics:
@@ -86,6 +120,8 @@ class LeafMetrics:
             ["tier", "operation"],
             registry=registry,
         )
+        registry.register(_UserSideCacheCollector(tier))
+
         self.store_available = Gauge(
             "fmlite_profile_store_available", "1 while the profile store answers (always 1 for file snapshots).", ["tier"], registry=registry
         ).labels(tier=tier)

@@ -16,6 +16,11 @@ and ``score`` computes per request ``v_u = [w_I a_u_IF, w_T a_u_TF, w_c a_u_MF]`
 ``c_u = w_um . a_u_MF + b``, so a chunk costs one gather and one matrix-vector product:
 ``z = A_g[rows] v_u + c_g[rows] + c_u``. Arithmetic is float64, so the scores differ from
 TensorFlow's float32 evaluation by TensorFlow's rounding only.
+
+A bound runner keeps ``(v_u, c_u)`` of up to ``USER_SIDE_CACHE_SIZE`` users, keyed by
+``UserVectors.key`` and evicted oldest first, because L1 sends every chunk of a request to the
+leaf as its own call. The cache belongs to one (model version, profile version) binding, so a
+reload starts with an empty one.
 """
 
 from __future__ import annotations
@@ -23,21 +28,25 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Hashable, Mapping
 
 import numpy as np
 
 from fmlite.signature import INPUT_NAMES
+from leaf.metrics import USER_SIDE_CACHE_COUNTS
 from leaf.model_files import ModelLoadError, check_signature, latest_model_version, read_model_metadata
 from leaf.profiles import ProfileCache, UserVectors
 
-__all__ = ["ACTIVATIONS", "FMLiteWeights", "NumPyRunner", "load_fmlite_weights"]
+__all__ = ["ACTIVATIONS", "USER_SIDE_CACHE_SIZE", "FMLiteWeights", "NumPyRunner", "load_fmlite_weights"]
 
 logger = logging.getLogger(__name__)
 
 SECTIONS = ("meta", "image", "text")
 # Input order of the final layer ``score`` that this evaluation implements.
 FINAL_INPUT_ORDER = ["s_image", "s_text", "a_user_meta", "a_glance_meta", "meta_cross"]
+# Users whose reduced vectors a bound runner keeps. An entry is 8 * (k_I + k_T + k_M + 1) bytes
+# of floats plus about 200 bytes of dict entry and array header, so under 0.5 MiB at 48 wide.
+USER_SIDE_CACHE_SIZE = 1024
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -161,6 +170,7 @@ class NumPyRunner:
         self._profiles: ProfileCache | None = None
         self._glance_matrix = np.zeros((0, 0))
         self._glance_offset = np.zeros(0)
+        self._user_sides: dict[Hashable, tuple[np.ndarray, float]] = {}
         logger.info("loaded FM-Lite weights of %s for the NumPy runner (variant %s) in %.2f s", self.path, name, time.perf_counter() - started)
 
     def bind(self, profiles: ProfileCache) -> "NumPyRunner":
@@ -176,6 +186,7 @@ class NumPyRunner:
         bound._glance_matrix = np.ascontiguousarray(np.concatenate([a_image, a_text, a_meta], axis=1))
         bound._glance_offset = a_meta @ weights.w_glance_meta
         bound._profiles = profiles
+        bound._user_sides = {}
         logger.info(
             "precomputed %d reduced glance vectors of width %d for model %s and profiles %s in %.3f s",
             len(glances), bound._glance_matrix.shape[1], self.version, profiles.version, time.perf_counter() - started,
@@ -191,13 +202,32 @@ class NumPyRunner:
         vector = np.concatenate([weights.w_image * a_image, weights.w_text * a_text, weights.w_cross * a_meta])
         return vector, float(a_meta @ weights.w_user_meta + weights.bias)
 
+    def _cached_user_side(self, user: UserVectors) -> tuple[np.ndarray, float]:
+        key = user.key
+        if key is None:
+            return self.user_side(user)
+        cache = self._user_sides
+        found = cache.get(key)
+        if found is not None:
+            USER_SIDE_CACHE_COUNTS.hits += 1
+            return found
+        USER_SIDE_CACHE_COUNTS.misses += 1
+        found = self.user_side(user)
+        found[0].flags.writeable = False
+        if len(cache) >= USER_SIDE_CACHE_SIZE:
+            # Evict the oldest entry (dicts keep insertion order). The reload thread may score
+            # warm-up rows on this runner while it is being installed, hence the default.
+            cache.pop(next(iter(cache), None), None)
+        cache[key] = found
+        return found
+
     def score(self, user: UserVectors, profiles: ProfileCache, rows: np.ndarray) -> np.ndarray:
         if profiles is not self._profiles:
             raise RuntimeError(
                 f"NumPy runner of model {self.version} is bound to profiles "
                 f"{None if self._profiles is None else self._profiles.version}, not {profiles.version}; call bind() first"
             )
-        vector, offset = self.user_side(user)
+        vector, offset = self._cached_user_side(user)
         logits = self._glance_matrix[rows] @ vector + self._glance_offset[rows] + offset
         return _sigmoid(logits).astype(np.float32)
 
@@ -212,3 +242,4 @@ class NumPyRunner:
         self._profiles = None
         self._glance_matrix = np.zeros((0, 0))
         self._glance_offset = np.zeros(0)
+        self._user_sides = {}

@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Hashable, Protocol, Sequence
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from fmlite.snapshot import FeatureTable, Manifest, SnapshotError
 from leaf.cache import UserCache
 
 __all__ = [
+    "COLD_START_KEY",
     "UserVectors",
     "cold_start_vectors",
     "UserTable",
@@ -39,15 +41,25 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# ``UserVectors.key`` of the cold-start profile. A tuple never equals a user id, which is a str.
+COLD_START_KEY = ("cold start",)
+
 
 @dataclass(frozen=True)
 class UserVectors:
-    """One user's profile sections; ``cold_start`` is True when it is the cold-start profile."""
+    """One user's profile sections; ``cold_start`` is True when it is the cold-start profile.
+
+    ``key`` identifies these vectors within one loaded profile version: the user id, or
+    ``COLD_START_KEY``. Runners may cache values derived from the vectors under it for as long
+    as they are bound to that version. None means "do not cache", for vectors whose origin the
+    lookup cannot vouch for.
+    """
 
     meta: np.ndarray
     image: np.ndarray
     text: np.ndarray
     cold_start: bool
+    key: Hashable | None = None
 
 
 class UserTable(Protocol):
@@ -83,7 +95,7 @@ class SnapshotUsers:
         if row is None:
             return None
         table = self.table
-        return UserVectors(table.meta[row], table.image[row], table.text[row], cold_start=False)
+        return UserVectors(table.meta[row], table.image[row], table.text[row], cold_start=False, key=user_id)
 
 
 class CachedUsers:
@@ -104,7 +116,8 @@ class CachedUsers:
         found = self.cache.get(user_id)
         if found is None:
             return None
-        return UserVectors(*found, cold_start=False)
+        # Rows of one profile version never change in the store, so the id is a valid key.
+        return UserVectors(*found, cold_start=False, key=user_id)
 
 
 @dataclass(frozen=True)
@@ -138,17 +151,19 @@ class ProfileCache:
 
     def glance_rows(self, glance_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Return (row numbers, known mask) for ``glance_ids``; unknown ids get row 0 and False."""
-        get = self.glance_index.get
-        rows = np.fromiter((get(gid, -1) for gid in glance_ids), dtype=np.int64, count=len(glance_ids))
+        # One C-level pass: map() calls dict.get without a Python frame per id.
+        count = len(glance_ids)
+        rows = np.fromiter(map(self.glance_index.get, glance_ids, repeat(-1, count)), dtype=np.int64, count=count)
         known = rows >= 0
-        rows[~known] = 0
+        if not known.all():
+            rows[~known] = 0
         return rows, known
 
 
 def cold_start_vectors(manifest: Manifest) -> UserVectors:
     """Return the snapshot's cold-start profile as user vectors."""
     cold = manifest.cold_start
-    return UserVectors(cold["meta"], cold["image"], cold["text"], cold_start=True)
+    return UserVectors(cold["meta"], cold["image"], cold["text"], cold_start=True, key=COLD_START_KEY)
 
 
 def load_profile_cache(root: str | Path, *, shard: int, num_shards: int, version: int | None = None) -> ProfileCache:

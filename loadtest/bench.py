@@ -192,7 +192,8 @@ class _Run:
         self.sweep_points = run_sweep(
             self.cluster, self.leaves["platform"], bodies, chunk_sizes=options.sweep_chunk_sizes, rates=options.sweep_rates,
             step_s=options.sweep_step_s, warmup_s=options.sweep_warmup_s, glances_per_request=options.glances_per_request,
-            l1_arguments=options.l1_arguments, p99_cap_ms=options.sweep_p99_cap_ms,
+            # Each point measures one chunk size, so the L1s must not choose their own.
+            l1_arguments=("--fixed-chunk-size", *options.l1_arguments), p99_cap_ms=options.sweep_p99_cap_ms,
         )
 
     def stop(self) -> None:

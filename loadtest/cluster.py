@@ -1,7 +1,9 @@
 """Server processes of one benchmark run on 127.0.0.1: leaves, L1 controllers, L0 routers, the REST peer.
 
 Each server is its own process started with this Python. It listens on a free loopback port,
-writes the port to a port file, and counts as started once ``GET /readyz`` returns 200. Processes
+writes the port to a port file, and counts as started once ``GET /readyz`` returns 200. Leaves
+also listen for framed Thrift on a free port, and L1s call them there unless a group is started
+with ``leaf_transport="http"``. Processes
 are stopped by their own PID with SIGTERM (every tier drains and exits 0), and killed only when
 they do not exit in time. Unlike ``fmlite.launcher.LocalPlatform`` the tiers start separately,
 so several controller groups can share one set of leaves (the chunk-size sweep).
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from fmlite.launcher import PlatformStartError, ServerProcess
+from fmlite.launcher import LEAF_TRANSPORTS, PlatformStartError, ServerProcess, leaf_listen_arguments
 
 __all__ = ["LEAF_KINDS", "Cluster", "PlatformGroup", "PlatformStartError", "pid_pairs"]
 
@@ -68,15 +70,22 @@ class Cluster:
 
     # ---- single processes ---------------------------------------------------------------------
 
-    def spawn(self, role: str, module: str, arguments: Sequence[str]) -> ServerProcess:
-        """Start ``python -m module arguments --port-file <workdir>/<role>.port``."""
+    def spawn(self, role: str, module: str, arguments: Sequence[str], *, framed: bool = False) -> ServerProcess:
+        """Start ``python -m module arguments --port-file <workdir>/<role>.port``.
+
+        ``framed`` adds a framed Thrift listener on a free port (leaves only).
+        """
         if any(server.role == role for server in self.processes):
             raise ValueError(f"a server named {role!r} was already started in this run")
         port_file = self.workdir / f"{role}.port"
         port_file.unlink(missing_ok=True)
         log_path = self.workdir / f"{role}.log"
+        framed_port_file = None
+        if framed:
+            framed_arguments, framed_port_file = leaf_listen_arguments(port_file)
+            arguments = [*arguments, *framed_arguments]
         command = [self.python, "-m", module, *arguments, "--port-file", str(port_file)]
-        server = ServerProcess(role, command, log_path, port_file)
+        server = ServerProcess(role, command, log_path, port_file, framed_port_file=framed_port_file)
         with log_path.open("w") as log:
             server.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.processes.append(server)
@@ -92,9 +101,7 @@ class Cluster:
                 code = server.process.poll()
                 if code is not None:
                     raise PlatformStartError(f"{server.role} exited with code {code} during start; log tail:\n{server.log_tail()}")
-                if server.port is None and server.port_file.exists():
-                    text = server.port_file.read_text().strip()
-                    server.port = int(text) if text.isdigit() else None
+                server.read_ports()
                 if server.port is not None and _ready(server.port):
                     pending.remove(server)
             if pending and time.monotonic() > deadline:
@@ -146,9 +153,9 @@ class Cluster:
                           "--profiles", str(profiles), *model_arguments, *extra_arguments]
                 role = f"{tag}-leaf-{shard}-{replica}"
                 if kind == "constant":
-                    leaves[shard].append(self.spawn(role, "loadtest.floor_leaf", common))
+                    leaves[shard].append(self.spawn(role, "loadtest.floor_leaf", common, framed=True))
                 else:
-                    leaves[shard].append(self.spawn(role, "fmlite.cli", ["serve-leaf", *common, "--runner", kind]))
+                    leaves[shard].append(self.spawn(role, "fmlite.cli", ["serve-leaf", *common, "--runner", kind], framed=True))
         if wait:
             self.wait_ready([s for group in leaves.values() for s in group])
         return leaves
@@ -162,15 +169,25 @@ class Cluster:
         cosine_chunk_size: int = 400,
         l1_arguments: Sequence[str] = (),
         l0_arguments: Sequence[str] = (),
+        leaf_transport: str = "framed",
     ) -> PlatformGroup:
-        """Start one L1 per shard over ``leaves`` and one L0 over those L1s."""
+        """Start one L1 per shard over ``leaves`` and one L0 over those L1s.
+
+        ``leaf_transport`` is how the L1s call the leaves: "framed" or "http".
+        """
+        if leaf_transport not in LEAF_TRANSPORTS:
+            raise ValueError(f"unknown leaf_transport {leaf_transport!r}; expected one of {LEAF_TRANSPORTS}")
         shards = len(leaves)
+
+        def leaf_address(leaf: ServerProcess) -> str:
+            return leaf.framed_address if leaf_transport == "framed" else leaf.address
+
         l1s = [
             self.spawn(
                 f"{tag}-l1-{shard}",
                 "fmlite.cli",
                 ["serve-l1", "--listen", "127.0.0.1:0", "--shard", str(shard), "--num-shards", str(shards),
-                 "--leaves", ",".join(s.address for s in leaves[shard]), "--chunk-size", str(chunk_size),
+                 "--leaves", ",".join(leaf_address(s) for s in leaves[shard]), "--chunk-size", str(chunk_size),
                  "--variant-chunk-size", f"cosine={cosine_chunk_size}", *l1_arguments],
             )
             for shard in range(shards)

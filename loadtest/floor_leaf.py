@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loadtest.floor_leaf", description=__doc__.splitlines()[0])
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to listen on; port 0 picks a free port (default %(default)s)")
     parser.add_argument("--port-file", help="write the bound port to this file once listening")
+    parser.add_argument("--framed-port", type=int, default=0,
+                        help="port of the framed Thrift listener, as in serve-leaf; 0 picks a free port, -1 turns it off (default %(default)s)")
+    parser.add_argument("--framed-port-file", help="write the bound framed Thrift port to this file once listening")
     parser.add_argument("--shard", type=int, required=True, help="shard index whose users this leaf stores")
     parser.add_argument("--num-shards", type=int, required=True, help="number of shards of the platform")
     parser.add_argument("--profiles", required=True, help="profile snapshot root, the directory with CURRENT and <version>/")
@@ -99,7 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     install_event_loop()
     server_config = ServerConfig(host=host.strip("[]") or "127.0.0.1", port=int(port), max_body_bytes=max_body_bytes())
-    asyncio.run(run_server(handler, server_config, registry=registry, port_file=args.port_file, load=load))
+    framed_port = args.framed_port if args.framed_port >= 0 else None
+    asyncio.run(run_server(handler, server_config, registry=registry, port_file=args.port_file, load=load,
+                           framed_port=framed_port, framed_port_file=args.framed_port_file))
     return 0
 
 

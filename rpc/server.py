@@ -37,7 +37,7 @@ from rpc.idl import fmlite_thrift
 from rpc.metrics import RpcMetrics
 from rpc.ratelimit import RateLimitedLog
 
-__all__ = ["Handler", "ServerConfig", "ThriftHttpServer", "THRIFT_PATH", "CONTENT_TYPE"]
+__all__ = ["CallDispatcher", "Handler", "ServerConfig", "ThriftHttpServer", "THRIFT_PATH", "CONTENT_TYPE", "too_large_message"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,85 @@ for _method in codec.METHODS:
     _EXCEPTION_FIELDS[_method] = _fields
 
 
+def too_large_message(what: str, limit: int) -> str:
+    """Return the error text for a request of ``what`` (e.g. "request body") above ``limit`` bytes."""
+    return (
+        f"{what} exceeds {limit} bytes; at most "
+        f"{fmlite_thrift.MAX_GLANCES_PER_REQUEST} glance ids of at most {fmlite_thrift.MAX_ID_BYTES} bytes each are accepted"
+    )
+
+
+class CallDispatcher:
+    """Decode-to-reply steps shared by every transport: typed errors, deadline check, handler call.
+
+    Each method returns a whole encoded reply message; the transport frames and sends it.
+    """
+
+    def __init__(self, handler: Handler, metrics: RpcMetrics, errors: RateLimitedLog):
+        self.handler = handler
+        self.metrics = metrics
+        self._errors = errors
+
+    def decode_error_reply(self, error: codec.DecodeError, peer: object) -> tuple[bytes, str, str]:
+        """Return (reply, method, outcome) for a call body ``codec.decode_call`` rejected."""
+        if isinstance(error, codec.FieldTypeError) and error.name == "predict":
+            invalid = fmlite_thrift.InvalidRequest(message=str(error), field=error.field)
+            reply = codec.encode_reply("predict", error.seqid, codec.SERVICE.predict_result(invalid=invalid))
+            return reply, "predict", "InvalidRequest"
+        self.metrics.malformed.inc()
+        self._errors.warning("malformed call from %s: %s", peer, error)
+        return codec.encode_application_error(error.name, error.seqid, error.kind, str(error)), "unknown", "malformed"
+
+    def too_large_reply(self, prefix: bytes, message: str) -> bytes:
+        """Return the reply to an oversized call whose first bytes are ``prefix``.
+
+        A ``predict`` call whose message header can be read gets ``InvalidRequest`` naming
+        ``glance_ids``; anything else gets a protocol-error application exception.
+        """
+        try:
+            method, seqid, _ = codec.decode_call(prefix)
+        except codec.DecodeError as error:
+            method, seqid = error.name, error.seqid
+        if method == "predict":
+            result = codec.SERVICE.predict_result(invalid=fmlite_thrift.InvalidRequest(message=message, field="glance_ids"))
+            return codec.encode_reply(method, seqid, result)
+        return codec.encode_application_error(method, seqid, TApplicationException.PROTOCOL_ERROR, message)
+
+    def _check_predict(self, args: Any, started: float) -> None:
+        """Raise ``DeadlineExceeded`` when the call's budget ran out while it was read."""
+        request = args.request
+        timeout_ms = request.timeout_ms if request is not None else None
+        if type(timeout_ms) is int and timeout_ms > 0:
+            elapsed_ms = (time.monotonic() - started) * 1000.0
+            if elapsed_ms >= timeout_ms:
+                self.metrics.expired.inc()
+                raise fmlite_thrift.DeadlineExceeded(
+                    message=f"request {request.request_id or ''}: timeout_ms {timeout_ms} ran out after {elapsed_ms:.1f} ms "
+                    "while the call was read; not computed"
+                )
+
+    async def dispatch(self, method: str, seqid: int, args: Any, started: float) -> tuple[bytes, str]:
+        """Call the handler and return (reply, outcome); ``started`` is when reading the call began."""
+        result = getattr(codec.SERVICE, f"{method}_result")()
+        try:
+            if method == "predict":
+                self._check_predict(args, started)
+                result.success = await self.handler.predict(args.request)
+            else:
+                result.success = await self.handler.health()
+            outcome = "ok"
+        except tuple(_EXCEPTION_FIELDS[method]) as error:
+            setattr(result, _EXCEPTION_FIELDS[method][type(error)], error)
+            outcome = type(error).__name__
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._errors.exception("%s.%s failed: %s", self.handler.tier, method, error)
+            message = f"internal error in {self.handler.tier}.{method}: {type(error).__name__}: {error}"
+            return codec.encode_application_error(method, seqid, TApplicationException.INTERNAL_ERROR, message), "internal_error"
+        return codec.encode_reply(method, seqid, result), outcome
+
+
 class ThriftHttpServer:
     """Serve a ``Handler`` over Thrift/HTTP with health, readiness and metrics routes."""
 
@@ -108,6 +187,7 @@ class ThriftHttpServer:
         self._answered_while_draining = 0
         self._cancelled_while_draining = 0
         self._errors = RateLimitedLog(logger, interval_s=5.0)
+        self.dispatcher = CallDispatcher(handler, self.metrics, self._errors)
         self.port: int | None = None
 
     def build_app(self) -> web.Application:
@@ -205,18 +285,10 @@ class ThriftHttpServer:
             try:
                 method, seqid, args = codec.decode_call(body)
             except codec.DecodeError as error:
-                if isinstance(error, codec.FieldTypeError) and error.name == "predict":
-                    method, outcome = "predict", "InvalidRequest"
-                    invalid = fmlite_thrift.InvalidRequest(message=str(error), field=error.field)
-                    reply = codec.encode_reply("predict", error.seqid, codec.SERVICE.predict_result(invalid=invalid))
-                    return web.Response(body=reply, content_type=CONTENT_TYPE, headers={"Connection": "close"})
-                outcome = "malformed"
-                self.metrics.malformed.inc()
-                self._errors.warning("malformed call from %s: %s", request.remote, error)
-                reply = codec.encode_application_error(error.name, error.seqid, error.kind, str(error))
+                reply, method, outcome = self.dispatcher.decode_error_reply(error, request.remote)
                 return web.Response(body=reply, content_type=CONTENT_TYPE, headers={"Connection": "close"})
             with receiving_call(started):
-                reply, outcome = await self._dispatch(method, seqid, args, started)
+                reply, outcome = await self.dispatcher.dispatch(method, seqid, args, started)
             response = web.Response(body=reply, content_type=CONTENT_TYPE)
             if self.draining:
                 # Tell the caller not to reuse this connection: the listening socket closes soon.
@@ -234,50 +306,6 @@ class ThriftHttpServer:
             self.metrics.observe(method, outcome, time.monotonic() - started)
 
     def _too_large(self, prefix: bytes) -> web.Response:
-        message = (
-            f"request body exceeds {self.config.max_body_bytes} bytes; at most "
-            f"{fmlite_thrift.MAX_GLANCES_PER_REQUEST} glance ids of at most {fmlite_thrift.MAX_ID_BYTES} bytes each are accepted"
-        )
-        try:
-            method, seqid, _ = codec.decode_call(prefix)
-        except codec.DecodeError as error:
-            method, seqid = error.name, error.seqid
-        if method == "predict":
-            result = codec.SERVICE.predict_result(invalid=fmlite_thrift.InvalidRequest(message=message, field="glance_ids"))
-            reply = codec.encode_reply(method, seqid, result)
-        else:
-            reply = codec.encode_application_error(method, seqid, TApplicationException.PROTOCOL_ERROR, message)
+        message = too_large_message("request body", self.config.max_body_bytes)
+        reply = self.dispatcher.too_large_reply(prefix, message)
         return web.Response(body=reply, content_type=CONTENT_TYPE, headers={"Connection": "close"})
-
-    def _check_predict(self, args: Any, started: float) -> None:
-        """Raise ``DeadlineExceeded`` when the call's budget ran out while it was read."""
-        request = args.request
-        timeout_ms = request.timeout_ms if request is not None else None
-        if type(timeout_ms) is int and timeout_ms > 0:
-            elapsed_ms = (time.monotonic() - started) * 1000.0
-            if elapsed_ms >= timeout_ms:
-                self.metrics.expired.inc()
-                raise fmlite_thrift.DeadlineExceeded(
-                    message=f"request {request.request_id or ''}: timeout_ms {timeout_ms} ran out after {elapsed_ms:.1f} ms "
-                    "while the call was read; not computed"
-                )
-
-    async def _dispatch(self, method: str, seqid: int, args: Any, started: float) -> tuple[bytes, str]:
-        result = getattr(codec.SERVICE, f"{method}_result")()
-        try:
-            if method == "predict":
-                self._check_predict(args, started)
-                result.success = await self.handler.predict(args.request)
-            else:
-                result.success = await self.handler.health()
-            outcome = "ok"
-        except tuple(_EXCEPTION_FIELDS[method]) as error:
-            setattr(result, _EXCEPTION_FIELDS[method][type(error)], error)
-            outcome = type(error).__name__
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            self._errors.exception("%s.%s failed: %s", self.handler.tier, method, error)
-            message = f"internal error in {self.handler.tier}.{method}: {type(error).__name__}: {error}"
-            return codec.encode_application_error(method, seqid, TApplicationException.INTERNAL_ERROR, message), "internal_error"
-        return codec.encode_reply(method, seqid, result), outcome

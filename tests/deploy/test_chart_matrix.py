@@ -30,6 +30,8 @@ from chart_rendering import (
 FULLNAME = f"{RELEASE}-fmlite"
 SPOT_LABEL = "kubernetes.azure.com/scalesetpriority"
 EXTERNAL_REDIS_URL = "redis://profiles.redis.internal:6379/0"
+# leaf.framedPort in values.yaml.
+DEFAULT_FRAMED_PORT = 9091
 
 
 @dataclass(frozen=True)
@@ -178,12 +180,14 @@ def test_each_l1_points_at_its_own_shard_leaves(combination: Combination) -> Non
         shard = option_value(args, "--shard")
         assert option_value(args, "--num-shards") == str(combination.shards)
         leaves = option_value(args, "--leaves")
-        assert leaves.startswith("dns+")
-        host, port = leaves.removeprefix("dns+").split(":")
+        assert leaves.startswith("dns+framed://")
+        host, port = leaves.removeprefix("dns+framed://").split(":")
 
         service = chart.get("Service", host)
         assert service["spec"]["clusterIP"] == "None"
-        assert service["spec"]["ports"][0]["port"] == int(port)
+        ports = {entry["name"]: entry for entry in service["spec"]["ports"]}
+        assert ports["thrift-framed"]["port"] == int(port)
+        assert ports["thrift-framed"]["targetPort"] == "thrift-framed"
         selected = [
             deployment
             for deployment in chart.of_kind("Deployment") + chart.of_kind("StatefulSet")
@@ -192,7 +196,11 @@ def test_each_l1_points_at_its_own_shard_leaves(combination: Combination) -> Non
         assert selected, f"leaf Service {host} selects no pods"
         for deployment in selected:
             assert deployment["metadata"]["labels"]["app.kubernetes.io/component"] == "leaf"
-            assert option_value(leaf_container(deployment)["args"], "--shard") == shard
+            container = leaf_container(deployment)
+            assert option_value(container["args"], "--shard") == shard
+            assert option_value(container["args"], "--framed-port") == port
+            container_ports = {entry["name"]: entry["containerPort"] for entry in container["ports"]}
+            assert container_ports["thrift-framed"] == int(port)
 
 
 @parametrize_combinations
@@ -205,6 +213,8 @@ def test_l1_egress_limited_to_own_shard(combination: Combination) -> None:
         leaf_rule, dns_rule = policy["spec"]["egress"]
         assert {port["port"] for port in dns_rule["ports"]} == {53}
         assert "to" not in dns_rule
+        # L1 reaches the leaves on their framed Thrift port only.
+        assert [port["port"] for port in leaf_rule["ports"]] == [DEFAULT_FRAMED_PORT]
         peer = leaf_rule["to"][0]["podSelector"]["matchLabels"]
         reachable = [
             deployment

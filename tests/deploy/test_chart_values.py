@@ -81,6 +81,7 @@ BAD_VALUES = [
     pytest.param({"leaf": {"nodePools": {"spotFraction": 1.5}}}, "/leaf/nodePools/spotFraction", id="spot-above-1"),
     pytest.param({"leaf": {"nodePools": {"spotFraction": -0.1}}}, "/leaf/nodePools/spotFraction", id="spot-negative"),
     pytest.param({"leaf": {"runner": "tfserving"}}, "/leaf/runner", id="runner-without-sidecar"),
+    pytest.param({"leaf": {"framedPort": 0}}, "/leaf/framedPort", id="zero-framed-port"),
     pytest.param({"leaf": {"tfServing": {"image": {"tag": "latest"}}}}, "/leaf/tfServing/image/tag", id="unpinned-tfserving"),
     pytest.param({"redis": {"mode": "cluster"}}, "/redis/mode", id="unknown-redis-mode"),
     pytest.param({"redis": {"mode": "external", "external": {"url": "http://redis:6379"}}}, "/redis/external/url", id="redis-url-scheme"),
@@ -116,6 +117,7 @@ TEMPLATE_CHECKS = [
                  id="chunk-timeout-at-deadline"),
     pytest.param({"leaf": {"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}}},
                  "set leaf node placement through leaf.nodePools", id="node-affinity-conflict"),
+    pytest.param({"port": 9100, "leaf": {"framedPort": 9100}}, "leaf.framedPort 9100 equals port 9100", id="framed-port-clash"),
 ]
 
 
@@ -261,6 +263,7 @@ def test_leaf_ingress_policy() -> None:
             if selects(own_l1["podSelector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"])
         ]
         assert [d["metadata"]["name"] for d in allowed] == [f"trial-fmlite-l1-{shard}"]
+        assert [port["port"] for port in rule["ports"]] == [9090, 9091]
 
 
 def test_service_monitor_and_dashboard() -> None:
@@ -280,8 +283,11 @@ def test_service_monitor_and_dashboard() -> None:
         and s["metadata"]["labels"]["app.kubernetes.io/component"] in expression["values"]
     ]
     assert len(scraped) == 1 + 2 * 2
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "http"
     for service in scraped:
-        assert [p["name"] for p in service["spec"]["ports"]] == [monitor["spec"]["endpoints"][0]["port"]]
+        # Leaf Services also carry the framed Thrift port, which serves no /metrics.
+        assert [p["name"] for p in service["spec"]["ports"]][0] == "http"
 
     dashboard = chart.get("ConfigMap", "trial-fmlite-dashboard")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"

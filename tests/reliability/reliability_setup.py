@@ -91,10 +91,13 @@ def health(address: str):
 
 
 def l1_arguments(leaf_addresses: list[str], *extra: str) -> list[str]:
-    """Arguments of ``serve-l1`` for shard 0 with the test timing: 500 ms deadline, fast health checks."""
+    """Arguments of ``serve-l1`` for shard 0 with the test timing: 500 ms deadline, fast health checks.
+
+    Chunk sizes are fixed (100 ids) so that every scenario knows how many leaf calls a request makes.
+    """
     return [
         "serve-l1", "--shard", str(SHARD), "--num-shards", str(NUM_SHARDS), "--leaves", ",".join(leaf_addresses),
-        "--deadline-ms", str(DEADLINE_MS), "--chunk-timeout-ms", "300", "--health-interval-s", "0.25",
+        "--fixed-chunk-size", "--deadline-ms", str(DEADLINE_MS), "--chunk-timeout-ms", "300", "--health-interval-s", "0.25",
         "--drain-timeout-s", "5", *extra,
     ]
 

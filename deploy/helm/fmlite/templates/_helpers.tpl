@@ -81,32 +81,47 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- end -}}
 
-{{/* Probes, lifecycle and ports shared by the fmlite server containers. */}}
+{{/*
+Probes, lifecycle and ports shared by the fmlite server containers. Called with the root
+context, or with (list root framedPort) for a leaf, whose framed Thrift port is then declared
+as the container port "thrift-framed".
+*/}}
 {{- define "fmlite.serverContainerCommon" -}}
+{{- $root := . }}
+{{- $framedPort := 0 }}
+{{- if kindIs "slice" . }}
+{{- $root = index . 0 }}
+{{- $framedPort = int (index . 1) }}
+{{- end }}
 ports:
   - name: http
-    containerPort: {{ .Values.port }}
+    containerPort: {{ $root.Values.port }}
     protocol: TCP
+  {{- if gt $framedPort 0 }}
+  - name: thrift-framed
+    containerPort: {{ $framedPort }}
+    protocol: TCP
+  {{- end }}
 readinessProbe:
   httpGet:
     path: /readyz
     port: http
-  periodSeconds: {{ .Values.probes.periodSeconds }}
-  timeoutSeconds: {{ .Values.probes.timeoutSeconds }}
-  failureThreshold: {{ .Values.probes.readinessFailureThreshold }}
+  periodSeconds: {{ $root.Values.probes.periodSeconds }}
+  timeoutSeconds: {{ $root.Values.probes.timeoutSeconds }}
+  failureThreshold: {{ $root.Values.probes.readinessFailureThreshold }}
 livenessProbe:
   httpGet:
     path: /healthz
     port: http
-  periodSeconds: {{ .Values.probes.periodSeconds }}
-  timeoutSeconds: {{ .Values.probes.timeoutSeconds }}
-  failureThreshold: {{ .Values.probes.livenessFailureThreshold }}
+  periodSeconds: {{ $root.Values.probes.periodSeconds }}
+  timeoutSeconds: {{ $root.Values.probes.timeoutSeconds }}
+  failureThreshold: {{ $root.Values.probes.livenessFailureThreshold }}
 lifecycle:
   preStop:
     sleep:
-      seconds: {{ .Values.drain.preStopSleepSeconds }}
+      seconds: {{ $root.Values.drain.preStopSleepSeconds }}
 securityContext:
-  {{- toYaml .Values.containerSecurityContext | nindent 2 }}
+  {{- toYaml $root.Values.containerSecurityContext | nindent 2 }}
 {{- end -}}
 
 {{/* Pod-level settings shared by every pod of the chart. */}}
