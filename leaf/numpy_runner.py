@@ -17,6 +17,14 @@ and ``score`` computes per request ``v_u = [w_I a_u_IF, w_T a_u_TF, w_c a_u_MF]`
 ``z = A_g[rows] v_u + c_g[rows] + c_u``. Arithmetic is float64, so the scores differ from
 TensorFlow's float32 evaluation by TensorFlow's rounding only.
 
+When the glance meta tower is one linear layer (``a_g_MF = W g_MF + b_g``, the default: as wide
+as the meta input) and glance meta rows are sparse (one-hot values: a few non-zeros of about
+170 columns), the meta part of ``A_g`` would be the widest and cost the most to gather. Then
+``<a_g_MF, w_c a_u_MF> = g_MF . r_u + b_g . w_c a_u_MF`` with ``r_u = W^T (w_c a_u_MF)``
+computed once per user, and ``bind`` keeps each glance's non-zero meta columns and values
+instead (``K`` per glance, padded with zero values): a chunk gathers ``k_I + k_T + 2 K`` numbers
+per glance instead of ``k_I + k_T + k_MF``.
+
 A bound runner keeps ``(v_u, c_u)`` of up to ``USER_SIDE_CACHE_SIZE`` users, keyed by
 ``UserVectors.key`` and evicted oldest first, because L1 sends every chunk of a request to the
 leaf as its own call. The cache belongs to one (model version, profile version) binding, so a
@@ -37,7 +45,7 @@ from leaf.metrics import USER_SIDE_CACHE_COUNTS
 from leaf.model_files import ModelLoadError, check_signature, latest_model_version, read_model_metadata
 from leaf.profiles import ProfileCache, UserVectors
 
-__all__ = ["ACTIVATIONS", "USER_SIDE_CACHE_SIZE", "FMLiteWeights", "NumPyRunner", "load_fmlite_weights"]
+__all__ = ["ACTIVATIONS", "SPARSE_META_SHARE", "USER_SIDE_CACHE_SIZE", "FMLiteWeights", "NumPyRunner", "load_fmlite_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +53,8 @@ SECTIONS = ("meta", "image", "text")
 # Input order of the final layer ``score`` that this evaluation implements.
 FINAL_INPUT_ORDER = ["s_image", "s_text", "a_user_meta", "a_glance_meta", "meta_cross"]
 # Users whose reduced vectors a bound runner keeps. An entry is 8 * (k_I + k_T + k_M + 1) bytes
-# of floats plus about 200 bytes of dict entry and array header, so under 0.5 MiB at 48 wide.
+# of floats plus about 300 bytes of dict entry and array headers: about 2 MiB in all with 32
+# wide image and text vectors and 170 meta columns.
 USER_SIDE_CACHE_SIZE = 1024
 
 
@@ -154,6 +163,30 @@ def load_fmlite_weights(path: str | Path) -> tuple[FMLiteWeights, dict[str, int]
     return weights, widths, metadata
 
 
+# The sparse meta path is used when a glance has at most this share of the meta columns set.
+SPARSE_META_SHARE = 0.25
+
+
+def _sparse_meta(weights: FMLiteWeights, meta: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Return each glance's non-zero meta columns and values, padded to the longest row.
+
+    None when the glance meta tower is not one linear layer or the rows are not sparse enough
+    for the gather to beat the dense reduced vectors.
+    """
+    if len(weights.towers["glance", "meta"]) != 1 or meta.ndim != 2 or not meta.shape[0]:
+        return None
+    nonzero = meta != 0
+    per_row = nonzero.sum(axis=1)
+    width = max(int(per_row.max()), 1)
+    if width > SPARSE_META_SHARE * meta.shape[1]:
+        return None
+    # Stable sort puts each row's non-zero columns first, in column order.
+    order = np.argsort(~nonzero, axis=1, kind="stable")[:, :width]
+    values = np.take_along_axis(meta, order, axis=1).astype(np.float64)
+    values[np.arange(width)[None, :] >= per_row[:, None]] = 0.0
+    return np.ascontiguousarray(order.astype(np.int32)), np.ascontiguousarray(values)
+
+
 class NumPyRunner:
     """FM-Lite on precomputed glance vectors; ``bind`` prepares them for one profile version."""
 
@@ -170,7 +203,9 @@ class NumPyRunner:
         self._profiles: ProfileCache | None = None
         self._glance_matrix = np.zeros((0, 0))
         self._glance_offset = np.zeros(0)
-        self._user_sides: dict[Hashable, tuple[np.ndarray, float]] = {}
+        self._meta_columns: np.ndarray | None = None
+        self._meta_values: np.ndarray | None = None
+        self._user_sides: dict[Hashable, tuple[np.ndarray, np.ndarray | None, float]] = {}
         logger.info("loaded FM-Lite weights of %s for the NumPy runner (variant %s) in %.2f s", self.path, name, time.perf_counter() - started)
 
     def bind(self, profiles: ProfileCache) -> "NumPyRunner":
@@ -183,26 +218,42 @@ class NumPyRunner:
         a_meta = weights.reduce("glance", "meta", glances.meta)
         a_image = weights.reduce("glance", "image", glances.image)
         a_text = weights.reduce("glance", "text", glances.text)
-        bound._glance_matrix = np.ascontiguousarray(np.concatenate([a_image, a_text, a_meta], axis=1))
         bound._glance_offset = a_meta @ weights.w_glance_meta
+        sparse = _sparse_meta(weights, np.asarray(glances.meta))
+        if sparse is None:
+            bound._glance_matrix = np.ascontiguousarray(np.concatenate([a_image, a_text, a_meta], axis=1))
+            bound._meta_columns = bound._meta_values = None
+        else:
+            bound._glance_matrix = np.ascontiguousarray(np.concatenate([a_image, a_text], axis=1))
+            bound._meta_columns, bound._meta_values = sparse
         bound._profiles = profiles
         bound._user_sides = {}
         logger.info(
-            "precomputed %d reduced glance vectors of width %d for model %s and profiles %s in %.3f s",
-            len(glances), bound._glance_matrix.shape[1], self.version, profiles.version, time.perf_counter() - started,
+            "precomputed %d reduced glance vectors of width %d%s for model %s and profiles %s in %.3f s",
+            len(glances), bound._glance_matrix.shape[1],
+            "" if sparse is None else f" plus {sparse[0].shape[1]} sparse meta columns",
+            self.version, profiles.version, time.perf_counter() - started,
         )
         return bound
 
-    def user_side(self, user: UserVectors) -> tuple[np.ndarray, float]:
-        """Return ``(v_u, c_u)`` of one user."""
+    def user_side(self, user: UserVectors) -> tuple[np.ndarray, np.ndarray | None, float]:
+        """Return ``(v_u, r_u, c_u)`` of one user; ``r_u`` is None on the dense meta path."""
         weights = self.weights
         a_meta = weights.reduce("user", "meta", user.meta)
         a_image = weights.reduce("user", "image", user.image)
         a_text = weights.reduce("user", "text", user.text)
-        vector = np.concatenate([weights.w_image * a_image, weights.w_text * a_text, weights.w_cross * a_meta])
-        return vector, float(a_meta @ weights.w_user_meta + weights.bias)
+        offset = float(a_meta @ weights.w_user_meta + weights.bias)
+        meta_vector = weights.w_cross * a_meta
+        if getattr(self, "_meta_columns", None) is None:
+            return np.concatenate([weights.w_image * a_image, weights.w_text * a_text, meta_vector]), None, offset
+        kernel, bias = weights.towers["glance", "meta"][0]
+        return (
+            np.concatenate([weights.w_image * a_image, weights.w_text * a_text]),
+            kernel @ meta_vector,
+            offset + float(bias @ meta_vector),
+        )
 
-    def _cached_user_side(self, user: UserVectors) -> tuple[np.ndarray, float]:
+    def _cached_user_side(self, user: UserVectors) -> tuple[np.ndarray, np.ndarray | None, float]:
         key = user.key
         if key is None:
             return self.user_side(user)
@@ -213,7 +264,9 @@ class NumPyRunner:
             return found
         USER_SIDE_CACHE_COUNTS.misses += 1
         found = self.user_side(user)
-        found[0].flags.writeable = False
+        for array in found[:2]:
+            if array is not None:
+                array.flags.writeable = False
         if len(cache) >= USER_SIDE_CACHE_SIZE:
             # Evict the oldest entry (dicts keep insertion order). The reload thread may score
             # warm-up rows on this runner while it is being installed, hence the default.
@@ -227,8 +280,10 @@ class NumPyRunner:
                 f"NumPy runner of model {self.version} is bound to profiles "
                 f"{None if self._profiles is None else self._profiles.version}, not {profiles.version}; call bind() first"
             )
-        vector, offset = self._cached_user_side(user)
+        vector, meta_weights, offset = self._cached_user_side(user)
         logits = self._glance_matrix[rows] @ vector + self._glance_offset[rows] + offset
+        if meta_weights is not None:
+            logits += np.einsum("ij,ij->i", meta_weights[self._meta_columns[rows]], self._meta_values[rows])
         return _sigmoid(logits).astype(np.float32)
 
     def predict_arrays(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -242,4 +297,6 @@ class NumPyRunner:
         self._profiles = None
         self._glance_matrix = np.zeros((0, 0))
         self._glance_offset = np.zeros(0)
+        self._meta_columns: np.ndarray | None = None
+        self._meta_values: np.ndarray | None = None
         self._user_sides = {}

@@ -56,6 +56,8 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--plots", type=Path, metavar="DIR", help="directory for the PNG plots (default: no plots)")
     parser.add_argument("--cache-dir", type=Path, default=Path("var/cache"), help="text-embedding cache directory (default %(default)s)")
     parser.add_argument("--text-model", type=Path, help="sentence-transformers directory to embed text with (default all-MiniLM-L6-v2)")
+    parser.add_argument("--history-days", type=int, default=3, help="logged days the user profiles are built from, after MIND's history column (default %(default)s)")
+    parser.add_argument("--train-days", type=int, default=2, help="days of training examples after the history window (default %(default)s)")
     parser.add_argument("--epochs", type=int, default=20, help="maximum epochs per training run (default %(default)s)")
     parser.add_argument("--patience", type=int, default=3, help="epochs without a better validation loss before stopping (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=256, help="training batch size (default %(default)s)")
@@ -73,6 +75,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from model.config import WindowConfig
     from model.evaluate import EvaluationConfig, run_evaluation
     from model.evaluate_fit import FitConfig
     from model.report import write_report
@@ -80,10 +83,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level)
     started = time.perf_counter()
     fit = FitConfig(epochs=args.epochs, batch_size=args.batch_size, patience=args.patience, learning_rates=args.learning_rates)
+    windows = WindowConfig(history_days=args.history_days, train_days=args.train_days, test_days=1)
     results = []
     for data in args.data:
         config = EvaluationConfig(
             data_dir=data,
+            windows=windows,
             cache_dir=args.cache_dir,
             text_model_path=args.text_model,
             fit=fit,

@@ -52,11 +52,17 @@ class WindowConfig:
 
 @dataclass(frozen=True)
 class UserEncoderConfig:
-    """Switches of the user encoder; ``decay_days`` overrides ``T`` (default: the window length)."""
+    """Switches of the user encoder; ``decay_days`` overrides ``T`` (default: the window length).
+
+    A history click is a click logged without its impression. ``impute_history`` counts each
+    one in the meta peek rates as ``1 / p`` impressions with the population's meta mix. With it
+    off, history clicks feed the text and image sections only.
+    """
 
     normalize: bool = True
     decay: bool = True
     decay_days: float | None = None
+    impute_history: bool = True
 
     def __post_init__(self) -> None:
         if self.decay_days is not None and self.decay_days <= 0:
@@ -83,19 +89,28 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class FMLiteConfig:
-    """Dense layer widths of each section's towers (the last width is the reduced dimension)."""
+    """Dense layer widths of each section's towers (the last width is the reduced dimension).
 
-    meta_units: tuple[int, ...] = (32, 16)
-    image_units: tuple[int, ...] = (64, 16)
-    text_units: tuple[int, ...] = (64, 16)
+    ``None`` for a section means one linear layer as wide as the section's input, initialised
+    to the identity: ``<a_u, a_g>`` then starts as the plain inner product ``<u, g>`` of the
+    section and training learns a full bilinear form from there. The meta section defaults to
+    it. Its signal is the user's peek rate for the glance's own category, subcategory and
+    format, ``sum_j w_j u_MF[j] g_MF[j]``, a diagonal form of rank M (about 190 columns on
+    MIND). A tower narrower than M cannot represent it.
+    """
+
+    meta_units: tuple[int, ...] | None = None
+    image_units: tuple[int, ...] | None = (64, 16)
+    text_units: tuple[int, ...] | None = (64, 16)
     activation: str = "relu"
 
     def __post_init__(self) -> None:
         for name in ("meta_units", "image_units", "text_units"):
             units = getattr(self, name)
+            if units is None:
+                continue
             if not units or any(width < 1 for width in units):
-                raise ValueError(f"{name} must list at least one positive layer width, got {units}")
-
+                raise ValueError(f"{name} must list at least one positive layer width or be None, got {units}")
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -24,7 +24,7 @@ from model.config import PipelineConfig, SamplingConfig, WindowConfig
 from model.glance_encoder import GlanceFeatures
 from model.mind import read_mind
 from model.tables import SourceData
-from model.user_encoder import EVENT_COLUMNS, UserProfiles
+from model.user_encoder import EVENT_COLUMNS, LOGGED_COLUMN, UserProfiles
 
 __all__ = [
     "WindowError",
@@ -123,7 +123,8 @@ def profile_events(data: SourceData, windows: Windows, *, days: tuple[int, int])
     """Return the events (``user_id, glance_id, day, peek``) of the user encoder over ``days``.
 
     The undated history clicks join as peeks on ``windows.history_column_day`` unless the
-    window config left them out.
+    window config left them out; their ``logged`` column is False (no impression was logged
+    with them), True for every other event.
     """
     frame = data.interactions.frame
     day = _day_numbers(frame["timestamp"], windows.origin)
@@ -134,6 +135,7 @@ def profile_events(data: SourceData, windows: Windows, *, days: tuple[int, int])
             "glance_id": frame["glance_id"].to_numpy(dtype=object)[inside],
             "day": day[inside],
             "peek": frame["peek"].to_numpy(dtype=np.int8)[inside],
+            LOGGED_COLUMN: np.ones(int(inside.sum()), dtype=bool),
         }
     )
     if windows.history_column_day is None or len(data.history) == 0:
@@ -145,9 +147,10 @@ def profile_events(data: SourceData, windows: Windows, *, days: tuple[int, int])
             "glance_id": history["glance_id"].to_numpy(dtype=object),
             "day": np.full(len(history), windows.history_column_day, dtype=np.int64),
             "peek": np.ones(len(history), dtype=np.int8),
+            LOGGED_COLUMN: np.zeros(len(history), dtype=bool),
         }
     )
-    return pd.concat([clicks, logged], ignore_index=True).loc[:, list(EVENT_COLUMNS)]
+    return pd.concat([clicks, logged], ignore_index=True).loc[:, [*EVENT_COLUMNS, LOGGED_COLUMN]]
 
 
 def validation_mask(user_ids: np.ndarray, *, sampling: SamplingConfig) -> np.ndarray:

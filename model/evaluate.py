@@ -34,20 +34,38 @@ from model.simulator_truth import TRUTH_FILE, HiddenPreferences
 from model.train import predict
 from model.user_encoder import beta_interval_factor
 
-__all__ = ["EvaluationConfig", "ModelRecord", "EvaluationResult", "ABLATIONS", "full_meta_config", "run_evaluation"]
+__all__ = ["EvaluationConfig", "ModelRecord", "EvaluationResult", "Ablation", "ABLATIONS", "NARROW_META", "run_evaluation"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = UserEncoderConfig(normalize=True, decay=True)
 DEFAULT_NEGATIVES = 2.0
-# Ablation key -> (label, user-encoder switches, negatives per positive), keys in the order of
-# ``model.quality_names.ABLATION_NAMES``.
-ABLATIONS: dict[str, tuple[str, UserEncoderConfig, float | None]] = {
-    "no_normalisation": ("FM-Lite without beta-interval normalisation", UserEncoderConfig(normalize=False, decay=True), DEFAULT_NEGATIVES),
-    "no_decay": ("FM-Lite without recency decay", UserEncoderConfig(normalize=True, decay=False), DEFAULT_NEGATIVES),
-    "negatives_1": ("FM-Lite, negatives sub-sampled 1:1", DEFAULT_ENCODER, 1.0),
-    "negatives_4": ("FM-Lite, negatives sub-sampled 4:1", DEFAULT_ENCODER, 4.0),
-    "negatives_all": ("FM-Lite, all negatives (no sub-sampling)", DEFAULT_ENCODER, None),
+# The FM-Lite meta towers of the first design: 32 ReLU units, then 16 dimensions, so that
+# <a_u_MF, a_g_MF> is a bilinear form of rank at most 16 (the "narrow_meta" ablation).
+NARROW_META = FMLiteConfig(meta_units=(32, 16))
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """One change to the main FM-Lite row: user encoder, negative sampling or layer widths."""
+
+    label: str
+    encoder: UserEncoderConfig = DEFAULT_ENCODER
+    negatives: float | None = DEFAULT_NEGATIVES
+    fmlite: FMLiteConfig | None = None
+
+
+# Ablation key -> change, keys in the order of ``model.quality_names.ABLATION_NAMES``.
+ABLATIONS: dict[str, Ablation] = {
+    "no_normalisation": Ablation("FM-Lite without beta-interval normalisation", encoder=UserEncoderConfig(normalize=False, decay=True)),
+    "no_decay": Ablation("FM-Lite without recency decay", encoder=UserEncoderConfig(normalize=True, decay=False)),
+    "no_history_imputation": Ablation(
+        "FM-Lite, history clicks left out of the meta peek rates", encoder=UserEncoderConfig(impute_history=False)
+    ),
+    "narrow_meta": Ablation("FM-Lite with rank-16 meta towers (32 ReLU units, then 16)", fmlite=NARROW_META),
+    "negatives_1": Ablation("FM-Lite, negatives sub-sampled 1:1", negatives=1.0),
+    "negatives_4": Ablation("FM-Lite, negatives sub-sampled 4:1", negatives=4.0),
+    "negatives_all": Ablation("FM-Lite, all negatives (no sub-sampling)", negatives=None),
 }
 # Chunk of test rows turned into dense feature arrays at once for the cosine baseline.
 _COSINE_CHUNK = 20_000
@@ -158,27 +176,12 @@ def _oracle_scores(data_dir: Path, test: TestDay) -> np.ndarray | None:
     return truth.probabilities(users, glances)
 
 
-def full_meta_config(config: FMLiteConfig, meta_dim: int) -> FMLiteConfig:
-    """Return ``config`` with the meta towers replaced by one linear layer of width ``meta_dim``.
-
-    The default meta towers reduce M meta columns to 16 dimensions through 32 ReLU units, so
-    ``<a_u_MF, a_g_MF>`` is a bilinear form of rank at most 16. The affinity the data rewards is
-    the user's peek rate for the glance's own category, subcategory and format value,
-    ``sum_j w_j u_MF[j] g_MF[j]``, a diagonal form of rank M (about 190 on MIND). One linear
-    layer of width M on each side can represent it. The model keeps FM-Lite's layers and
-    signature, so it exports and serves unchanged.
-    """
-    return FMLiteConfig(meta_units=(meta_dim,), image_units=config.image_units, text_units=config.text_units, activation=config.activation)
-
-
-def _builder(name: str, data: EvaluationData, config: EvaluationConfig) -> Callable[[], keras.Model]:
+def _builder(name: str, data: EvaluationData, config: EvaluationConfig, fmlite: FMLiteConfig | None = None) -> Callable[[], keras.Model]:
     meta_dim = int(data.glances.meta.shape[1])
     embedding_dim = int(data.glances.text.shape[1])
     if name == "fmlite":
-        return lambda: build_fmlite(meta_dim=meta_dim, embedding_dim=embedding_dim, config=config.fmlite)
-    if name == "fmlite_full_meta":
-        variant = full_meta_config(config.fmlite, meta_dim)
-        return lambda: build_fmlite(meta_dim=meta_dim, embedding_dim=embedding_dim, config=variant)
+        layers = fmlite or config.fmlite
+        return lambda: build_fmlite(meta_dim=meta_dim, embedding_dim=embedding_dim, config=layers)
     build = model_builders()[name]
     return lambda: build(meta_dim=meta_dim, embedding_dim=embedding_dim)
 
@@ -199,12 +202,18 @@ class _Runner:
         return score_metrics(self.layout, scores, ks=self.config.ks, bootstrap=self.bootstrap)
 
     def trained(
-        self, name: str, *, encoder: UserEncoderConfig, negatives: float | None, learning_rates: tuple[float, ...] | None = None
+        self,
+        name: str,
+        *,
+        encoder: UserEncoderConfig,
+        negatives: float | None,
+        learning_rates: tuple[float, ...] | None = None,
+        fmlite: FMLiteConfig | None = None,
     ) -> tuple[TuningResult, np.ndarray]:
         training = self.data.training_set(encoder, negatives)
         profiles = self.data.profile_pair(encoder)
         tuning = tune_model(
-            _builder(name, self.data, self.config),
+            _builder(name, self.data, self.config, fmlite),
             training,
             users=profiles.training,
             glances=self.data.glances,
@@ -297,10 +306,13 @@ def run_evaluation(config: EvaluationConfig, *, dataset: str | None = None) -> E
         records.append(runner.record(name, label, "comparison", scores, tuning=tuning, parameters=int(tuning.best.model.count_params())))
 
     for key in config.ablations:
-        label, encoder, negatives = ABLATIONS[key]
-        logger.info("ablation %s: started", label)
-        tuning, scores = runner.trained("fmlite", encoder=encoder, negatives=negatives, learning_rates=(fmlite_rate,) if fmlite_rate else None)
-        records.append(runner.record(f"fmlite:{key}", label, "ablation", scores, tuning=tuning, parameters=int(tuning.best.model.count_params())))
+        ablation = ABLATIONS[key]
+        logger.info("ablation %s: started", ablation.label)
+        tuning, scores = runner.trained(
+            "fmlite", encoder=ablation.encoder, negatives=ablation.negatives,
+            learning_rates=(fmlite_rate,) if fmlite_rate else None, fmlite=ablation.fmlite,
+        )
+        records.append(runner.record(f"fmlite:{key}", ablation.label, "ablation", scores, tuning=tuning, parameters=int(tuning.best.model.count_params())))
 
     oracle = _oracle_scores(config.data_dir, runner.test)
     if oracle is not None:

@@ -8,7 +8,8 @@ Inputs, one row per (user, glance) pair, all float32:
 Each section ``X`` in (MF, IF, TF) is reduced by its own stack of dense layers, separately on
 each side: ``a_u_X = tower_u_X(u_X)`` and ``a_g_X = tower_g_X(g_X)``. Their width ``k_X`` is the
 last layer's width. Hidden layers use the configured activation and the last layer is linear.
-Then
+A section configured with ``None`` gets one linear layer of its input width, initialised to the
+identity (see ``FMLiteConfig``). Then
 
     s_IF = <a_u_IF, a_g_IF>                          [B, 1]
     s_TF = <a_u_TF, a_g_TF>                          [B, 1]
@@ -39,7 +40,12 @@ def tower_layer_name(side: str, section: str, index: int) -> str:
     return f"{side}_{section}_dense_{index}"
 
 
-def _tower(inputs: keras.KerasTensor, *, side: str, section: str, units: tuple[int, ...], activation: str) -> keras.KerasTensor:
+def _tower(inputs: keras.KerasTensor, *, side: str, section: str, units: tuple[int, ...] | None, activation: str) -> keras.KerasTensor:
+    if units is None:
+        # One square linear layer starting at the identity, so <a_u, a_g> starts at <u, g>.
+        return keras.layers.Dense(
+            int(inputs.shape[-1]), activation=None, kernel_initializer="identity", name=tower_layer_name(side, section, 0)
+        )(inputs)
     hidden = inputs
     for index, width in enumerate(units):
         last = index == len(units) - 1

@@ -9,20 +9,17 @@ from __future__ import annotations
 
 __all__ = ["MODEL_NAMES", "DISPLAY_NAMES", "FMLITE_NAMES", "ABLATION_NAMES", "POOLINGS"]
 
-# Models in the order of the comparison table. "fmlite_full_meta" is FM-Lite with one linear
-# meta layer as wide as the meta input (``model.evaluate.full_meta_config``): the same serving
-# architecture with other layer widths.
-MODEL_NAMES = ("baseline", "linear", "dense", "wide_deep", "fmlite", "fmlite_full_meta")
+# Models in the order of the comparison table.
+MODEL_NAMES = ("baseline", "linear", "dense", "wide_deep", "fmlite")
 DISPLAY_NAMES = {
     "baseline": "Baseline (cosine)",
     "linear": "Linear",
     "dense": "Dense",
     "wide_deep": "Wide & Deep",
     "fmlite": "FM-Lite",
-    "fmlite_full_meta": "FM-Lite, full-width linear meta tower",
 }
-FMLITE_NAMES = ("fmlite", "fmlite_full_meta")
+FMLITE_NAMES = ("fmlite",)
 # FM-Lite ablations, each one change to the main FM-Lite row (see ``model.evaluate.ABLATIONS``).
-ABLATION_NAMES = ("no_normalisation", "no_decay", "negatives_1", "negatives_4", "negatives_all")
+ABLATION_NAMES = ("no_normalisation", "no_decay", "no_history_imputation", "narrow_meta", "negatives_1", "negatives_4", "negatives_all")
 # Poolings of the sentence encoder compared by ``fmlite finetune-text``: mean, max, [CLS] token.
 POOLINGS = ("mean", "max", "cls")

@@ -98,7 +98,8 @@ def render_method(ks: tuple[int, ...]) -> str:
             "- Dense: an MLP (256 and 128 ReLU units) on the concatenated features and their inner product.",
             "- Wide & Deep: a linear wide part over the concatenated features and the meta cross features "
             "(user peek rate times glance one-hot, element-wise), plus a deep MLP (256 and 128 ReLU units).",
-            "- FM-Lite: per-section user and glance towers, s_IF and s_TF inner products, s_MF = [a_u, a_g, <a_u, a_g>], "
+            "- FM-Lite: per-section user and glance towers (image and text: 64 ReLU units, then 16; meta: one linear "
+            "layer of input width, see the notes), s_IF and s_TF inner products, s_MF = [a_u, a_g, <a_u, a_g>], "
             "one logistic unit over their concatenation (the exported serving architecture).",
             "- Oracle (simulated data only): the true click probability of the simulator, the ceiling of every metric.",
             "",
@@ -117,21 +118,21 @@ def render_method(ks: tuple[int, ...]) -> str:
 
 
 def render_notes() -> str:
-    """Return the section that explains the FM-Lite variant and a distortion every model shares."""
+    """Return the section that explains two design choices of FM-Lite's inputs and layers."""
     return "\n".join(
         [
             "## Notes on the FM-Lite rows",
             "",
-            "- The default FM-Lite meta towers map the M meta columns (about 190 on MIND data) through 32 ReLU units "
-            "to 16 dimensions, so <a_u_MF, a_g_MF> is a bilinear form of rank at most 16. The signal of the meta section "
-            "is the user's peek rate for the glance's own category, subcategory and format, sum_j w_j u_MF[j] g_MF[j]: "
-            "a diagonal form of rank M. Wide & Deep's wide part reads it directly from the cross features u_MF * g_MF. "
-            "The row \"FM-Lite, full-width linear meta tower\" replaces each meta tower with one linear layer of width M "
-            "(FMLiteConfig(meta_units=(M,))), which can represent that form. It keeps FM-Lite's layers, output and "
-            "serving signature, so it exports and serves like the default.",
-            "- Clicks of MIND's history column enter the user encoder as impressions that were all peeked, so a user "
-            "whose history window has no logged impression gets a peek rate of 1.0 for every meta value they clicked "
-            "(the spike at 1.0 in the peek-rate histogram). All models read the same distorted rates.",
+            "- FM-Lite's meta towers are one linear layer as wide as the M meta columns (about 190 on MIND data), "
+            "initialised to the identity, so <a_u_MF, a_g_MF> starts as the user's peek rate for the glance's own "
+            "category, subcategory and format, sum_j u_MF[j] g_MF[j], and training learns a full bilinear form from "
+            "there. That diagonal form has rank M; meta towers that end in 16 dimensions (the row \"FM-Lite with "
+            "rank-16 meta towers\") cannot represent it.",
+            "- Clicks of MIND's history column come without their impressions. The user encoder counts each one in the "
+            "meta peek rates as 1/p impressions with the population's mix of meta values, p being the peek rate of the "
+            "window's logged impressions, and in the beta-interval factor as one peek and 1/p - 1 non-peeks. Counted as "
+            "one impression, a history click would read as an impression that was always peeked. The row \"history "
+            "clicks left out of the meta peek rates\" shows the effect; every model reads the same profiles.",
             "",
         ]
     )

@@ -38,7 +38,7 @@ import pandas as pd
 from model.config import PipelineConfig
 from model.dataset import ExampleSet, TrainingSet, Windows
 from model.glance_encoder import GlanceFeatures
-from model.user_encoder import UserProfiles, build_user_profiles
+from model.user_encoder import EVENT_COLUMNS, LOGGED_COLUMN, HistoryExposure, UserProfiles, build_user_profiles
 
 __all__ = ["DEFAULT_MASTER", "SparkBuildError", "spark_session", "build_with_spark"]
 
@@ -103,6 +103,24 @@ def _events(interactions: Any, history: Any, windows: Windows, days: tuple[int, 
     return logged.join(F.broadcast(glance_ids), "glance_id", "inner")
 
 
+def _exposure(events: Any, glances: GlanceFeatures) -> HistoryExposure | None:
+    """Return the window's logged peek rate and meta mix, computed once over every partition."""
+    from pyspark.sql import functions as F
+
+    counts = (
+        events.where(F.col("source") == 1)
+        .groupBy("glance_id")
+        .agg(F.count(F.lit(1)).alias("impressions"), F.sum("peek").alias("peeks"))
+        .toPandas()
+    )
+    rows = pd.Index(glances.ids).get_indexer(pd.Index(counts["glance_id"].to_numpy(dtype=object)))
+    impressions = np.zeros(len(glances))
+    peeks = np.zeros(len(glances))
+    impressions[rows] = counts["impressions"].to_numpy(dtype=np.float64)
+    peeks[rows] = counts["peeks"].to_numpy(dtype=np.float64)
+    return HistoryExposure.from_counts(impressions, peeks, glances)
+
+
 def _profiles(
     events: Any,
     glances: GlanceFeatures,
@@ -117,6 +135,7 @@ def _profiles(
     from pyspark.sql import types as S
 
     session = events.sparkSession
+    exposure = _exposure(events, glances)
     shared = session.sparkContext.broadcast(glances)
     encoder = config.user_encoder
     schema = S.StructType(
@@ -132,12 +151,15 @@ def _profiles(
 
     def encode(frame: pd.DataFrame) -> pd.DataFrame:
         frame = frame.sort_values(["source", "row"], kind="stable")
+        # source 1 is a logged impression, 0 a history click without its impression.
+        frame[LOGGED_COLUMN] = frame["source"].to_numpy() == 1
         profiles = build_user_profiles(
-            frame.loc[:, ["user_id", "glance_id", "day", "peek"]],
+            frame.loc[:, [*EVENT_COLUMNS, LOGGED_COLUMN]],
             shared.value,
             present_day=present_day,
             window_days=window_days,
             config=encoder,
+            exposure=exposure,
         )
         return pd.DataFrame(
             {

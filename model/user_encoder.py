@@ -8,12 +8,25 @@ among glances that have content:
   present day weighs 1 and one ``T`` days earlier weighs ``1/e``; ``w_i = 1`` with decay off;
 - ``u_TF = sum_i w_i y_i g_TF(g_i) / sum_i w_i y_i``: the weighted mean text embedding of the
   peeked glances; ``u_IF`` likewise over the peeked glances that have an image;
-- ``u_MF[j] = n_u * sum_i w_i y_i g_MF(g_i)[j] / sum_i w_i g_MF(g_i)[j]``: the user's peek rate
-  per meta value (0 where the user saw no glance with that value), scaled by the beta-interval
-  factor ``n_u = 1 - (F^-1(0.975 | a+1, b+1) - F^-1(0.025 | a+1, b+1))`` for ``a`` peeks and
-  ``b`` non-peeks, ``F^-1`` the inverse CDF of the beta distribution. A user with few events
-  has a wide interval and a small factor, so a high peek rate from three events counts less
-  than the same rate from three hundred. ``n_u = 1`` with normalisation off.
+- ``u_MF[j] = n_u * (P_j + H_j) / (S_j + h * e_j / p)``: the user's peek rate per meta value
+  (0 where the user saw no glance with that value), capped at 1. ``P_j`` and ``S_j`` are the
+  weighted peeks and impressions of logged impressions whose glance has value ``j``. ``H_j``
+  and ``h`` are the weighted history clicks (clicks logged without their impression, as in
+  MIND's history column) on glances with value ``j`` and in total. Such a click is a peek
+  whose non-peeked neighbours were never logged, so it stands for ``1 / p`` impressions with
+  the population's mix of meta values: ``p`` is the peek rate of all logged impressions of the
+  window and ``e_j`` the share of them whose glance has value ``j``. Counted as one impression
+  it would be an impression that was always peeked, and a user with only history clicks would
+  get a peek rate of 1.0 for every value they clicked.
+- ``n_u = 1 - (F^-1(0.975 | a+1, b+1) - F^-1(0.025 | a+1, b+1))`` is the beta-interval factor,
+  with ``F^-1`` the inverse CDF of the beta distribution, for ``a`` peeks and ``b`` non-peeks:
+  the logged ones plus, per history click, one peek and ``1 / p - 1`` non-peeks. A user with
+  few events has a wide interval and a small factor, so a high peek rate from three events
+  counts less than the same rate from three hundred. ``n_u = 1`` with normalisation off.
+
+An optional boolean ``logged`` column of the events marks history clicks (False); without it
+every event is a logged impression. ``HistoryExposure`` holds ``p`` and ``e``; a distributed
+build computes it once over the whole window and passes it to every partition.
 
 Sections without evidence are zeros: ``u_TF`` of a user who peeked at nothing with content,
 ``u_IF`` of a user who peeked at nothing with an image. Users without any event on a glance
@@ -37,6 +50,8 @@ from model.glance_encoder import GlanceFeatures
 
 __all__ = [
     "EVENT_COLUMNS",
+    "LOGGED_COLUMN",
+    "HistoryExposure",
     "UserProfiles",
     "beta_interval_factor",
     "decay_weights",
@@ -48,6 +63,8 @@ logger = logging.getLogger(__name__)
 # Columns of the event frame the encoder reads. ``day`` is an integer day number on the same
 # origin as ``present_day``, and undated history clicks carry the day before the log starts.
 EVENT_COLUMNS = ("user_id", "glance_id", "day", "peek")
+# Optional boolean column: False for a click logged without its impression (a history click).
+LOGGED_COLUMN = "logged"
 
 # Central 95% interval of the beta posterior.
 _LOWER_QUANTILE = 0.025
@@ -80,6 +97,38 @@ def decay_weights(days: np.ndarray, *, present_day: float, window_days: float) -
     if window_days <= 0:
         raise ValueError(f"window_days must be positive, got {window_days}")
     return np.exp((np.asarray(days, dtype=np.float64) - present_day) / window_days)
+
+
+@dataclass(frozen=True)
+class HistoryExposure:
+    """Population figures that turn history clicks into estimated impressions.
+
+    ``peek_rate`` is ``p``, the peek rate of the window's logged impressions, and ``meta_mix``
+    is ``e``, the share of those impressions whose glance has each meta value.
+    """
+
+    peek_rate: float
+    meta_mix: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.peek_rate <= 1.0:
+            raise ValueError(f"peek_rate must be in (0, 1], got {self.peek_rate}")
+
+    @classmethod
+    def from_counts(cls, impressions: np.ndarray, peeks: np.ndarray, glances: GlanceFeatures) -> "HistoryExposure | None":
+        """Build it from logged impressions and peeks per glance (row ``i`` is ``glances.ids[i]``).
+
+        Returns None when no logged impression was peeked, since ``p`` must be positive.
+        """
+        impressions = np.asarray(impressions, dtype=np.float64)
+        peeks = np.asarray(peeks, dtype=np.float64)
+        if impressions.shape != (len(glances),) or peeks.shape != (len(glances),):
+            raise ValueError(f"expected one impression and one peek count per glance ({len(glances)}), got {impressions.shape} and {peeks.shape}")
+        total = float(impressions.sum())
+        peeked = float(peeks.sum())
+        if total <= 0 or peeked <= 0:
+            return None
+        return cls(peek_rate=peeked / total, meta_mix=impressions @ glances.meta.astype(np.float64) / total)
 
 
 @dataclass(frozen=True)
@@ -133,11 +182,14 @@ def build_user_profiles(
     present_day: int,
     window_days: float,
     config: UserEncoderConfig = UserEncoderConfig(),
+    exposure: HistoryExposure | None = None,
 ) -> UserProfiles:
     """Build the profile of every user with at least one event on a glance that has content.
 
-    ``events`` has the columns of ``EVENT_COLUMNS``; events on glances without content are
-    ignored. ``present_day`` is ``t_p`` and ``window_days`` the default ``T``.
+    ``events`` has the columns of ``EVENT_COLUMNS`` and optionally ``LOGGED_COLUMN``; events on
+    glances without content are ignored. ``present_day`` is ``t_p`` and ``window_days`` the
+    default ``T``. ``exposure`` defaults to the figures of the logged impressions in ``events``.
+    ``peeks`` and ``impressions`` of the result count logged impressions only.
     """
     missing = [column for column in EVENT_COLUMNS if column not in events.columns]
     if missing:
@@ -150,23 +202,51 @@ def build_user_profiles(
     glance_rows = glance_rows[known]
     user_codes, user_ids = pd.factorize(events["user_id"].to_numpy(dtype=object), sort=True)
     labels = events["peek"].to_numpy(dtype=np.float64)
+    if LOGGED_COLUMN in events.columns:
+        logged = events[LOGGED_COLUMN].to_numpy(dtype=bool)
+    else:
+        logged = np.ones(len(events), dtype=bool)
     if config.decay:
         weights = decay_weights(events["day"].to_numpy(), present_day=present_day, window_days=decay_days)
     else:
         weights = np.ones(len(events), dtype=np.float64)
 
     shape = (len(user_ids), len(glances))
-    # shown[u, g] = sum of w over u's events on g; peeked[u, g] = sum of w * y.
-    shown = sparse.csr_matrix((weights, (user_codes, glance_rows)), shape=shape)
+    # peeked[u, g] = sum of w * y over u's events on g; the logged_ matrices hold the same sums
+    # over logged impressions only (shown: sum of w).
     peeked = sparse.csr_matrix((weights * labels, (user_codes, glance_rows)), shape=shape)
+    logged_weights = weights * logged
+    logged_shown = sparse.csr_matrix((logged_weights, (user_codes, glance_rows)), shape=shape)
+    logged_peeked = sparse.csr_matrix((logged_weights * labels, (user_codes, glance_rows)), shape=shape)
 
-    peeks = np.bincount(user_codes, weights=labels, minlength=len(user_ids)).astype(np.int64)
-    impressions = np.bincount(user_codes, minlength=len(user_ids)).astype(np.int64)
+    peeks = np.bincount(user_codes, weights=labels * logged, minlength=len(user_ids)).astype(np.int64)
+    impressions = np.bincount(user_codes, weights=logged.astype(np.float64), minlength=len(user_ids)).astype(np.int64)
 
     meta_glances = glances.meta.astype(np.float64)
-    rates = _safe_divide(np.asarray(peeked @ meta_glances), np.asarray(shown @ meta_glances))
+    numerator = np.asarray(logged_peeked @ meta_glances)
+    denominator = np.asarray(logged_shown @ meta_glances)
+    peek_count = peeks.astype(np.float64)
+    non_peek_count = (impressions - peeks).astype(np.float64)
+    clicks = ~logged & (labels > 0)
+    if clicks.any() and config.impute_history:
+        if exposure is None:
+            exposure = HistoryExposure.from_counts(
+                np.bincount(glance_rows[logged], minlength=len(glances)),
+                np.bincount(glance_rows[logged], weights=labels[logged], minlength=len(glances)),
+                glances,
+            )
+        if exposure is None:
+            logger.warning("no logged impression with a peek in the window: %d history clicks feed text and image only", int(clicks.sum()))
+        else:
+            click_weight = np.bincount(user_codes, weights=weights * clicks, minlength=len(user_ids))
+            click_count = np.bincount(user_codes, weights=clicks.astype(np.float64), minlength=len(user_ids))
+            numerator += np.asarray((peeked - logged_peeked) @ meta_glances)
+            denominator += (click_weight / exposure.peek_rate)[:, None] * exposure.meta_mix[None, :]
+            peek_count += click_count
+            non_peek_count += click_count * (1.0 / exposure.peek_rate - 1.0)
+    rates = np.minimum(_safe_divide(numerator, denominator), 1.0)
     if config.normalize:
-        rates *= beta_interval_factor(peeks, impressions - peeks)[:, None]
+        rates *= beta_interval_factor(peek_count, non_peek_count)[:, None]
 
     peeked_weight = np.asarray(peeked.sum(axis=1)).reshape(-1)
     text = _safe_divide(np.asarray(peeked @ glances.text.astype(np.float64)), peeked_weight[:, None])
@@ -199,5 +279,5 @@ def build_user_profiles(
         cold_start={section: np.asarray(vector, dtype=np.float32) for section, vector in cold_start.items()},
         present_day=int(present_day),
         window_days=float(decay_days),
-        options={"normalize": config.normalize, "decay": config.decay, "decay_days": float(decay_days)},
+        options={"normalize": config.normalize, "decay": config.decay, "decay_days": float(decay_days), "impute_history": config.impute_history},
     )

@@ -40,8 +40,12 @@ def check_inputs(manifest: snapshot.Manifest, root: Path, rows: int = 64, seed: 
     return arrays
 
 
-def export_random_model(real: RealModel, models_root: Path, version: int, *, seed: int) -> Path:
-    """Export an FM-Lite model with random weights (seeded) as ``<models_root>/fmlite/<version>``."""
+def export_random_model(real: RealModel, models_root: Path, version: int, *, seed: int, config=None, every_weight: bool = False) -> Path:
+    """Export an FM-Lite model with random weights (seeded) as ``<models_root>/fmlite/<version>``.
+
+    By default the layers keep their initialisers (the identity-initialised meta towers stay the
+    identity); ``every_weight`` draws every weight and bias at random instead.
+    """
     import keras
 
     from model.config import FMLiteConfig
@@ -49,8 +53,11 @@ def export_random_model(real: RealModel, models_root: Path, version: int, *, see
     from model.fmlite_model import build_fmlite
 
     keras.utils.set_random_seed(seed)
-    config = FMLiteConfig()
+    config = config or FMLiteConfig()
     model = build_fmlite(meta_dim=real.manifest.meta_dim, embedding_dim=real.manifest.embedding_dim, config=config)
+    if every_weight:
+        rng = np.random.default_rng(seed)
+        model.set_weights([rng.normal(scale=0.2, size=weight.shape).astype(np.float32) for weight in model.get_weights()])
     return export_savedmodel(
         model,
         models_root=models_root,
@@ -59,7 +66,7 @@ def export_random_model(real: RealModel, models_root: Path, version: int, *, see
         metadata={
             "meta_columns": list(real.manifest.meta_columns),
             "embedding_dim": real.manifest.embedding_dim,
-            "config": {"activation": config.activation, "meta_units": list(config.meta_units)},
+            "config": {"activation": config.activation, "meta_units": None if config.meta_units is None else list(config.meta_units)},
         },
     )
 

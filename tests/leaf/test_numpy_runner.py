@@ -110,3 +110,32 @@ def test_numpy_scoring_step_faster_than_savedmodel(runners, record_property):
     record_property("numpy_us_per_chunk", round(numpy_s * 1e6, 1))
     print(f"scoring step, 100 glances: SavedModel {savedmodel_s * 1e6:.0f} us, NumPy {numpy_s * 1e6:.0f} us, ratio {ratio:.1f}")
     assert ratio > 2.0
+
+
+@pytest.mark.parametrize(
+    ("meta_units", "sparse"),
+    [(None, True), ((32, 16), False)],
+    ids=["one linear meta layer: sparse meta columns", "two meta layers: dense reduced vectors"],
+)
+def test_both_meta_paths_match_savedmodel(real_model, tmp_path, meta_units, sparse):
+    from model.config import FMLiteConfig
+
+    from leaf_models import export_random_model
+
+    export_random_model(real_model, tmp_path, 7, seed=11, config=FMLiteConfig(meta_units=meta_units), every_weight=True)
+    base = tmp_path / "fmlite"
+    cache = load_profile_cache(real_model.profiles_root, shard=0, num_shards=2)
+    bound = NumPyRunner("fmlite", base, version=7).bind(cache)
+    assert (bound._meta_columns is not None) is sparse
+    if sparse:
+        # Glance meta rows are one-hot values: a few columns each, not the ~170 of the input.
+        assert bound._meta_columns.shape[1] <= 0.25 * cache.glances.meta.shape[1]
+        assert bound._glance_matrix.shape[1] == 2 * 16
+    savedmodel = SavedModelRunner("fmlite", base, version=7)
+    rng = np.random.default_rng(8)
+    user_ids = cache.users.table.ids.tolist()
+    for user in [cache.users.lookup(user_ids[i]) for i in rng.choice(len(user_ids), 10, replace=False)] + [cache.cold_start]:
+        rows = rng.integers(0, len(cache.glances), 150)
+        # Twice: the second call reads the cached user side.
+        for _ in range(2):
+            np.testing.assert_allclose(bound.score(user, cache, rows), savedmodel.score(user, cache, rows), rtol=0, atol=TOLERANCE)

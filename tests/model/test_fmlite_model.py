@@ -94,3 +94,27 @@ def test_build_rejects_bad_sizes():
         build_fmlite(meta_dim=0, embedding_dim=DIM)
     with pytest.raises(ValueError, match="meta_units"):
         FMLiteConfig(meta_units=())
+
+
+def test_default_meta_tower_starts_as_plain_inner_product(inputs):
+    # The default meta towers are one linear layer of input width, starting at the identity, so
+    # before training <a_u_MF, a_g_MF> is <u_MF, g_MF>: the user's peek rate for the glance's values.
+    model = build_fmlite(meta_dim=META, embedding_dim=DIM)
+    assert FMLiteConfig().meta_units is None
+    for side in SIDES:
+        kernel, bias = model.get_layer(tower_layer_name(side, "meta", 0)).get_weights()
+        np.testing.assert_array_equal(kernel, np.eye(META))
+        assert not bias.any()
+    assert model.get_layer("score").kernel.shape == (2 * META + 3, 1)
+    reduced = keras.Model(model.inputs, model.get_layer("meta_cross").output)
+    cross = reduced.predict(inputs, verbose=0)[:, 0]
+    np.testing.assert_allclose(cross, np.sum(inputs["user_meta"] * inputs["glance_meta"], axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_identity_towers_for_any_section():
+    model = build_fmlite(meta_dim=META, embedding_dim=DIM, config=FMLiteConfig(meta_units=(4,), image_units=None, text_units=None))
+    for section in ("image", "text"):
+        kernel, _ = model.get_layer(tower_layer_name("glance", section, 0)).get_weights()
+        np.testing.assert_array_equal(kernel, np.eye(DIM))
+    with pytest.raises(ValueError, match="text_units"):
+        FMLiteConfig(text_units=(0,))

@@ -13,7 +13,7 @@ from model.config import UserEncoderConfig, WindowConfig
 from model.dataset import profile_events, resolve_windows
 from model.glance_encoder import GlanceFeatures, MetaVocabulary
 from model.tables import GlanceTable
-from model.user_encoder import beta_interval_factor, build_user_profiles, decay_weights
+from model.user_encoder import HistoryExposure, beta_interval_factor, build_user_profiles, decay_weights
 
 COUNT_PAIRS = [(0, 0), (0, 1), (1, 0), (0, 25), (25, 0), (1, 1), (3, 97), (40, 960), (250, 250), (7, 3)]
 
@@ -154,6 +154,70 @@ def test_profiles_ablation_switches(tiny_glances, tiny_events):
     assert slow_decay.options["decay_days"] == 30.0
 
 
+def _with_history_clicks(tiny_events: pd.DataFrame) -> pd.DataFrame:
+    # G2 clicked from the history column (no impression logged with it) by U1 and by a user U4
+    # who has nothing else.
+    return pd.concat(
+        [
+            tiny_events.assign(logged=True),
+            pd.DataFrame({"user_id": ["U1", "U4"], "glance_id": ["G2", "G2"], "day": [-1, -1], "peek": [1, 1], "logged": [False, False]}),
+        ],
+        ignore_index=True,
+    )
+
+
+def test_history_clicks_count_as_estimated_impressions(tiny_glances, tiny_events):
+    events = _with_history_clicks(tiny_events)
+    profiles = build_user_profiles(events, tiny_glances, present_day=2, window_days=3, config=UserEncoderConfig(normalize=False, decay=False))
+    columns = list(tiny_glances.vocabulary.columns)
+    assert profiles.ids.tolist() == ["U1", "U3", "U4"]
+    # Counts are of logged impressions only.
+    assert profiles.peeks.tolist() == [2, 0, 0]
+    assert profiles.impressions.tolist() == [3, 1, 0]
+    # Logged impressions with content: G1 (peeked), G2, G3 (peeked) of U1 and G2 of U3, so the
+    # peek rate p is 1/2 and the mix e is category a 1/2, b 1/2, subcategory x 1. A history click
+    # stands for 1/p = 2 impressions with that mix.
+    u1 = dict(zip(columns, profiles.meta[0]))
+    assert u1["category=a"] == pytest.approx(2 / (2 + 2 * 0.5))
+    assert u1["category=b"] == pytest.approx(1 / (1 + 2 * 0.5))
+    assert u1["subcategory=x"] == pytest.approx(3 / (3 + 2 * 1.0))
+    u4 = dict(zip(columns, profiles.meta[2]))
+    assert u4["category=a"] == 0.0
+    assert u4["category=b"] == pytest.approx(1.0)
+    assert u4["subcategory=x"] == pytest.approx(0.5)
+    # Text averages every peek, history clicks included.
+    np.testing.assert_allclose(profiles.text[0], (tiny_glances.text[0] + tiny_glances.text[1] + tiny_glances.text[2]) / 3, rtol=1e-6)
+    np.testing.assert_allclose(profiles.text[2], tiny_glances.text[1], rtol=1e-6)
+
+    # The beta-interval factor counts a history click as one peek and 1/p - 1 = 1 non-peek.
+    normalised = build_user_profiles(events, tiny_glances, present_day=2, window_days=3, config=UserEncoderConfig(decay=False))
+    assert dict(zip(columns, normalised.meta[0]))["category=a"] == pytest.approx(float(beta_interval_factor(3, 2)) * 2 / 3, rel=1e-6)
+    assert dict(zip(columns, normalised.meta[2]))["category=b"] == pytest.approx(float(beta_interval_factor(1, 1)), rel=1e-6)
+
+
+def test_history_clicks_left_out_of_meta_rates(tiny_glances, tiny_events):
+    events = _with_history_clicks(tiny_events)
+    config = UserEncoderConfig(normalize=False, decay=False, impute_history=False)
+    profiles = build_user_profiles(events, tiny_glances, present_day=2, window_days=3, config=config)
+    u1 = dict(zip(tiny_glances.vocabulary.columns, profiles.meta[0]))
+    assert u1["category=b"] == 0.0
+    assert u1["subcategory=x"] == pytest.approx(2 / 3)
+    assert not profiles.meta[2].any()
+    np.testing.assert_allclose(profiles.text[2], tiny_glances.text[1], rtol=1e-6)
+    # Without the column every event counts as a logged impression.
+    counted = build_user_profiles(events.drop(columns="logged"), tiny_glances, present_day=2, window_days=3, config=config)
+    assert counted.impressions.tolist() == [4, 1, 1]
+    assert dict(zip(tiny_glances.vocabulary.columns, counted.meta[2]))["category=b"] == pytest.approx(1.0)
+
+
+def test_history_exposure_rejects_bad_counts(tiny_glances):
+    with pytest.raises(ValueError, match="one impression and one peek count per glance"):
+        HistoryExposure.from_counts(np.ones(2), np.ones(2), tiny_glances)
+    assert HistoryExposure.from_counts(np.ones(3), np.zeros(3), tiny_glances) is None
+    with pytest.raises(ValueError, match="peek_rate"):
+        HistoryExposure(peek_rate=0.0, meta_mix=np.zeros(8))
+
+
 def test_profiles_rows_of(tiny_glances, tiny_events):
     profiles = build_user_profiles(tiny_events, tiny_glances, present_day=2, window_days=3)
     assert profiles.rows_of(["U3", "U2", "U1"]).tolist() == [1, -1, 0]
@@ -183,4 +247,7 @@ def test_profiles_on_sample(mind_data, text_encoder):
     assert np.linalg.norm(profiles.text, axis=1).max() <= 1.0 + 1e-5
     assert not profiles.image.any()
     assert (profiles.peeks <= profiles.impressions).all()
-    assert (profiles.impressions >= 1).all()
+    # Users whose window holds only history clicks have no logged impression but a text profile.
+    only_history = profiles.impressions == 0
+    assert only_history.any()
+    assert np.linalg.norm(profiles.text[only_history], axis=1).min() > 0.0

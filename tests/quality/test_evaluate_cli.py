@@ -75,7 +75,7 @@ def test_parameter_counts(evaluation):
 
 def test_same_tuning_for_every_trainable_model(evaluation):
     records = {record["model"]: record for record in evaluation[2]["records"]}
-    for name in ("linear", "dense", "wide_deep", "fmlite", "fmlite_full_meta"):
+    for name in ("linear", "dense", "wide_deep", "fmlite"):
         assert [trial["learning_rate"] for trial in records[name]["tuning"]] == [0.003], name
         assert records[name]["chosen_learning_rate"] == 0.003
 
