@@ -72,18 +72,20 @@ class EvaluationData:
     windows: Windows
     glances: GlanceFeatures
     seed: int
-    profiles: dict[tuple[bool, bool], ProfilePair] = field(default_factory=dict)
-    training_sets: dict[tuple[bool, bool, float | None], TrainingSet] = field(default_factory=dict)
-    test_days: dict[tuple[bool, bool], TestDay] = field(default_factory=dict)
+    # Keyed by the whole (frozen, hashable) encoder config, so that every switch of the user
+    # encoder gets its own profiles.
+    profiles: dict[UserEncoderConfig, ProfilePair] = field(default_factory=dict)
+    training_sets: dict[tuple[UserEncoderConfig, float | None], TrainingSet] = field(default_factory=dict)
+    test_days: dict[UserEncoderConfig, TestDay] = field(default_factory=dict)
 
     def profile_pair(self, encoder: UserEncoderConfig) -> ProfilePair:
-        key = (encoder.normalize, encoder.decay)
+        key = encoder
         if key not in self.profiles:
             self.profiles[key] = _build_profiles(self.source, self.windows, self.glances, encoder)
         return self.profiles[key]
 
     def training_set(self, encoder: UserEncoderConfig, negatives_per_positive: float | None) -> TrainingSet:
-        key = (encoder.normalize, encoder.decay, negatives_per_positive)
+        key = (encoder, negatives_per_positive)
         if key not in self.training_sets:
             self.training_sets[key] = build_training_set(
                 self.source,
@@ -96,7 +98,7 @@ class EvaluationData:
         return self.training_sets[key]
 
     def test_day(self, encoder: UserEncoderConfig) -> TestDay:
-        key = (encoder.normalize, encoder.decay)
+        key = encoder
         if key not in self.test_days:
             self.test_days[key] = _build_test_day(self.source, self.windows, self.glances, self.profile_pair(encoder).serving)
         return self.test_days[key]

@@ -154,3 +154,21 @@ def test_parser_loads_no_tensorflow():
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert output == "[]"
+
+
+def test_every_encoder_switch_gets_its_own_profiles(small_simulation, quality_text_cache):
+    # The ablations of the user encoder must each read profiles built with their own switch.
+    from model.config import UserEncoderConfig, WindowConfig
+    from model.evaluate_data import prepare_data
+
+    data = prepare_data(small_simulation.out, windows=WindowConfig(), cache_dir=quality_text_cache, text_model_path=None, seed=0)
+    variants = [UserEncoderConfig(), UserEncoderConfig(impute_history=False), UserEncoderConfig(normalize=False), UserEncoderConfig(decay=False)]
+    metas = [data.profile_pair(encoder).training.meta for encoder in variants]
+    for index, meta in enumerate(metas[1:], start=1):
+        assert not np_equal(metas[0], meta), variants[index]
+    assert data.profile_pair(UserEncoderConfig()) is data.profile_pair(UserEncoderConfig())
+    assert data.training_set(UserEncoderConfig(), 2.0) is not data.training_set(UserEncoderConfig(impute_history=False), 2.0)
+
+
+def np_equal(left, right) -> bool:
+    return left.shape == right.shape and bool((left == right).all())
