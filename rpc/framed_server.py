@@ -16,6 +16,8 @@ Contract:
 - a malformed message gets an application exception and the connection closes after the reply;
 - a connection that half-closes in the middle of a frame gets a protocol-error application
   exception and is closed;
+- a frame that has not fully arrived ``ServerConfig.frame_read_timeout_s`` after its first byte
+  closes the connection without a reply (counted as malformed);
 - when the caller disconnects, its handler is cancelled (``cancel_on_disconnect``);
 - ``stop()`` drains: calls keep being served for ``drain_grace_s``, each reply then closing its
   connection, then the listening socket and idle connections close, in-flight calls finish
@@ -65,6 +67,8 @@ class _FramedConnection(asyncio.Protocol):
         self._paused = False
         # Bytes of an oversized frame still to be read and dropped.
         self._discard = 0
+        # Armed while an incomplete frame waits in the buffer (see ``_check_read_time``).
+        self._read_timer: asyncio.TimerHandle | None = None
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -93,6 +97,24 @@ class _FramedConnection(asyncio.Protocol):
             # A caller that sends frames without waiting for replies is held back here.
             self._paused = True
             self.transport.pause_reading()
+        # Only an incomplete frame arms the timer; a frame that arrives whole costs nothing.
+        self._arm_read_timer()
+
+    def _check_read_time(self) -> None:
+        self._read_timer = None
+        if self.closed or not self._buffer or self.task is not None or self._discard:
+            return
+        waited = time.monotonic() - self._frame_started
+        limit = self._server.config.frame_read_timeout_s
+        if waited < limit:
+            self._read_timer = self._loop.call_later(limit - waited, self._check_read_time)
+            return
+        self._server.metrics.malformed.inc()
+        self._server.errors.warning(
+            "framed connection from %s closed: a frame of %d bytes so far did not complete within %.1f s (frame_read_timeout_s)",
+            self.peer, len(self._buffer), limit,
+        )
+        self.close()
 
     def eof_received(self) -> bool:
         if self._buffer and self.task is None and not self._discard:
@@ -102,6 +124,9 @@ class _FramedConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
         self._server.connections.discard(self)
         task = self.task
         if task is not None and not task.done() and self._server.config.cancel_on_disconnect:
@@ -164,6 +189,12 @@ class _FramedConnection(asyncio.Protocol):
             self.transport.resume_reading()
         if self._buffer:
             self._next_frame()
+        self._arm_read_timer()
+
+    def _arm_read_timer(self) -> None:
+        """Start the frame read timer when an incomplete frame waits in the buffer."""
+        if self._buffer and self.task is None and self._read_timer is None and not self.closed:
+            self._read_timer = self._loop.call_later(self._server.config.frame_read_timeout_s, self._check_read_time)
 
     def send(self, message: bytes) -> None:
         if not self.closed and self.transport is not None:

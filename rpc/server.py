@@ -74,10 +74,15 @@ class ServerConfig:
     drain_grace_s: float = 0.0
     # Cancel a call's handler when its caller disconnects.
     cancel_on_disconnect: bool = True
+    # Longest time a framed-transport frame may take to arrive once its first byte came; past it
+    # the connection closes, so a peer that stops mid-frame does not hold a buffer for ever.
+    frame_read_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
+        if self.frame_read_timeout_s <= 0:
+            raise ValueError(f"frame_read_timeout_s must be positive, got {self.frame_read_timeout_s}")
         if self.drain_timeout_s < 0 or self.drain_grace_s < 0:
             raise ValueError(f"drain_timeout_s and drain_grace_s must not be negative, got {self.drain_timeout_s}, {self.drain_grace_s}")
 

@@ -541,3 +541,41 @@ def test_split_transport_and_client_choice():
         ThriftFramedClient("127.0.0.1:9100")
     with pytest.raises(ValueError, match="port in 1..65535"):
         ThriftFramedClient("framed://127.0.0.1:0")
+
+
+async def test_stalled_frame_closes_connection_after_read_timeout():
+    server, port, handler = await start_server(frame_read_timeout_s=0.3)
+    try:
+        body = codec.encode_call("predict", 1, request=make_request())
+        whole = frame(body)
+        # Header and half the message, then silence: the server closes without a reply.
+        stalled = await raw_exchange(port, whole[: len(whole) // 2], half_close=False, read_timeout_s=5.0)
+        assert stalled == b""
+        assert handler.calls == 0
+        assert server.metrics.malformed._value.get() == 1
+        # A frame sent in two parts within the limit is served, and so is the next one.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(whole[:10])
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(whole[10:] + whole)
+        await writer.drain()
+        for _ in range(2):
+            header = await asyncio.wait_for(reader.readexactly(4), 5.0)
+            message = await asyncio.wait_for(reader.readexactly(FRAME_HEADER.unpack(header)[0]), 5.0)
+            assert codec.decode_reply(message, "predict", 1).scores == [1.0, 2.0]
+        # Idle between frames is not a stalled frame: the connection stays open past the limit.
+        await asyncio.sleep(0.5)
+        writer.write(whole)
+        await writer.drain()
+        header = await asyncio.wait_for(reader.readexactly(4), 5.0)
+        assert len(await asyncio.wait_for(reader.readexactly(FRAME_HEADER.unpack(header)[0]), 5.0)) > 0
+        writer.close()
+        assert handler.calls == 3
+    finally:
+        await server.stop()
+
+
+def test_frame_read_timeout_must_be_positive():
+    with pytest.raises(ValueError, match="frame_read_timeout_s must be positive"):
+        ServerConfig(frame_read_timeout_s=0)
