@@ -13,15 +13,15 @@ replica had to serve, ``ceil(chunks / replicas)``, paired with the mean chunk si
 recent sizes are too close together to separate the two terms, the fit takes the whole time as
 per-glance cost, which overestimates the time of larger chunks and so errs toward smaller ones.
 
-For a request of ``n`` ids the sizer picks the fewest chunks, at least one per admitted replica
-so that the replicas share the work, whose predicted call time ``t(ceil(n / chunks))`` fits
-``budget_share`` of the call budget (the time left to the deadline, capped by the chunk
-timeout). Chunks never fall below ``min_size`` ids (unless the request is smaller), never exceed
+For a request of ``n`` ids the sizer picks the fewest chunks whose predicted call time
+``t(ceil(n / chunks))`` fits ``budget_share`` of the call budget. That budget is the time left
+to the deadline, capped by the chunk timeout. There is at least one chunk per admitted replica,
+so that the replicas share the work. Chunks never fall below ``min_size`` ids (unless the request is smaller), never exceed
 ``max_size`` and grow by at most ``max_growth`` per request, so a leaf that is slower than the
 fit is met with a few moderate sizes first. A variant starts at its configured chunk size.
 
-NOTE: with a single replica, more chunks do not shorten a request (the leaf serves them in
-turn); shrinking then bounds the time of each call, not of the request.
+NOTE: with a single replica, more chunks do not shorten a request, because the leaf serves them
+in turn. Shrinking then bounds the time of each call, not of the request.
 
 With ``enabled`` False the configured sizes are used unchanged.
 """
@@ -160,7 +160,7 @@ class ChunkSizer:
         previous = self._last_sizes.get(variant, min(configured, config.max_size))
         largest = min(config.max_size, max(int(previous * config.max_growth), config.min_size), count)
         smallest = min(config.min_size, count)
-        # Fewest chunks first: one per replica, or as many as max_size needs.
+        # Start from the fewest chunks: one per replica, or as many as the size cap requires.
         size = max(min(math.ceil(count / max(replicas, 1)), largest), smallest)
         fit = self.fits.get(variant)
         if fit is not None and not fit.empty:

@@ -52,9 +52,9 @@ logger = logging.getLogger(__name__)
 SECTIONS = ("meta", "image", "text")
 # Input order of the final layer ``score`` that this evaluation implements.
 FINAL_INPUT_ORDER = ["s_image", "s_text", "a_user_meta", "a_glance_meta", "meta_cross"]
-# Users whose reduced vectors a bound runner keeps. An entry is 8 * (k_I + k_T + k_M + 1) bytes
-# of floats plus about 300 bytes of dict entry and array headers: about 2 MiB in all with 32
-# wide image and text vectors and 170 meta columns.
+# Users whose reduced vectors a bound runner caches. An entry is 8 * (k_I + k_T + k_M + 1) bytes
+# of floats plus about 300 bytes of dict entry and array headers (an estimate). With 32 image
+# and text values and 170 meta columns the cache takes about 2 MiB.
 USER_SIDE_CACHE_SIZE = 1024
 
 
@@ -244,7 +244,7 @@ class NumPyRunner:
         a_text = weights.reduce("user", "text", user.text)
         offset = float(a_meta @ weights.w_user_meta + weights.bias)
         meta_vector = weights.w_cross * a_meta
-        if getattr(self, "_meta_columns", None) is None:
+        if self._meta_columns is None:
             return np.concatenate([weights.w_image * a_image, weights.w_text * a_text, meta_vector]), None, offset
         kernel, bias = weights.towers["glance", "meta"][0]
         return (

@@ -2,11 +2,11 @@
 
 Both runners score the same user against the same chunk of glance rows of one shard's
 ``ProfileCache``. The user's vectors are passed without a cache key, so the NumPy runner
-computes the user side on every call, as it does for the first chunk of a request; the chunks
-after it reuse that user side and cost less. Each call is timed with the process's CPU clock, so TensorFlow's own threads
-count, and the median of many calls is kept, so other work on the machine changes the figure
-little. The scores of both are compared
-before anything is timed.
+computes the user side on every call, as it does for the first chunk of a request. Later
+chunks of a request reuse that user side and cost less. Each call is timed with the process's
+CPU clock, so TensorFlow's own threads count. The median of many calls is kept, so other work
+on the machine changes the figure little. The scores of both runners are compared before
+anything is timed.
 """
 
 from __future__ import annotations

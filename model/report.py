@@ -129,10 +129,10 @@ def render_notes() -> str:
             "there. That diagonal form has rank M; meta towers that end in 16 dimensions (the row \"FM-Lite with "
             "rank-16 meta towers\") cannot represent it.",
             "- Clicks of MIND's history column come without their impressions. The user encoder counts each one in the "
-            "meta peek rates as 1/p impressions with the population's mix of meta values, p being the peek rate of the "
-            "window's logged impressions, and in the beta-interval factor as one peek and 1/p - 1 non-peeks. Counted as "
-            "one impression, a history click would read as an impression that was always peeked. The row \"history "
-            "clicks left out of the meta peek rates\" shows the effect; every model reads the same profiles.",
+            "meta peek rates as 1/p impressions with the population's mix of meta values, where p is the peek rate of the "
+            "window's logged impressions. In the beta-interval factor it counts as one peek and 1/p - 1 non-peeks. Counted "
+            "as one impression, a history click would read as an impression that was always peeked. The row \"history "
+            "clicks left out of the meta peek rates\" shows the effect. Every model reads the same profiles.",
             "",
         ]
     )

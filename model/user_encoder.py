@@ -13,11 +13,11 @@ among glances that have content:
   weighted peeks and impressions of logged impressions whose glance has value ``j``. ``H_j``
   and ``h`` are the weighted history clicks (clicks logged without their impression, as in
   MIND's history column) on glances with value ``j`` and in total. Such a click is a peek
-  whose non-peeked neighbours were never logged, so it stands for ``1 / p`` impressions with
-  the population's mix of meta values: ``p`` is the peek rate of all logged impressions of the
-  window and ``e_j`` the share of them whose glance has value ``j``. Counted as one impression
-  it would be an impression that was always peeked, and a user with only history clicks would
-  get a peek rate of 1.0 for every value they clicked.
+  whose non-peeked neighbours were never logged, so it counts as ``1 / p`` impressions with the
+  population's mix of meta values. Here ``p`` is the peek rate of all logged impressions of the
+  window and ``e_j`` the share of them whose glance has value ``j``. Counted as one impression,
+  a history click would read as an impression that was always peeked, and a user with only
+  history clicks would get a peek rate of 1.0 for every value they clicked.
 - ``n_u = 1 - (F^-1(0.975 | a+1, b+1) - F^-1(0.025 | a+1, b+1))`` is the beta-interval factor,
   with ``F^-1`` the inverse CDF of the beta distribution, for ``a`` peeks and ``b`` non-peeks:
   the logged ones plus, per history click, one peek and ``1 / p - 1`` non-peeks. A user with
@@ -25,8 +25,8 @@ among glances that have content:
   counts less than the same rate from three hundred. ``n_u = 1`` with normalisation off.
 
 An optional boolean ``logged`` column of the events marks history clicks (False); without it
-every event is a logged impression. ``HistoryExposure`` holds ``p`` and ``e``; a distributed
-build computes it once over the whole window and passes it to every partition.
+every event is a logged impression. ``HistoryExposure`` contains ``p`` and ``e``. A
+distributed build computes it once over the whole window and passes it to every partition.
 
 Sections without evidence are zeros: ``u_TF`` of a user who peeked at nothing with content,
 ``u_IF`` of a user who peeked at nothing with an image. Users without any event on a glance

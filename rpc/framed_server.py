@@ -8,11 +8,11 @@ report into the same Prometheus metrics. There is no HTTP, so it has no health, 
 HTTP port of the same process.
 
 Contract:
-- frames on one connection are answered one at a time, in order;
+- frames on one connection get their replies one at a time, in order;
 - a frame longer than ``ServerConfig.max_body_bytes`` gets the method's typed ``InvalidRequest``
-  (a protocol-error application exception for other methods or an unreadable header) naming the
-  frame size and the limit; the rest of that frame is read and dropped, then the connection
-  closes;
+  naming the frame size and the limit. Other methods and unreadable headers get a
+  protocol-error application exception instead. The rest of that frame is read and dropped,
+  then the connection closes;
 - a malformed message gets an application exception and the connection closes after the reply;
 - a connection that half-closes in the middle of a frame gets a protocol-error application
   exception and is closed;
@@ -300,6 +300,7 @@ class ThriftFramedServer:
         started = time.monotonic()
         if config.drain_grace_s > 0:
             await asyncio.sleep(config.drain_grace_s)
+
         self._server.close()
         # Idle connections close now; a busy one closes after its reply (``_serve`` checks
         # ``draining``). Bytes of a frame that was still arriving are dropped, so its caller
@@ -307,6 +308,7 @@ class ThriftFramedServer:
         for connection in list(self.connections):
             if connection.task is None:
                 connection.close()
+
         tasks = [c.task for c in self.connections if c.task is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=config.drain_timeout_s)
@@ -314,10 +316,11 @@ class ThriftFramedServer:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+
         for connection in list(self.connections):
             connection.close()
         self._server = None
         logger.info(
-            "%s framed listener stopped after %.2f s: %d calls answered while draining, %d cancelled at the drain timeout",
+            "%s framed listener stopped after %.2f s: %d calls replied to while draining, %d cancelled at the drain timeout",
             self.handler.tier, time.monotonic() - started, self.answered_while_draining, self.cancelled_while_draining,
         )

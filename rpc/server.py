@@ -74,8 +74,8 @@ class ServerConfig:
     drain_grace_s: float = 0.0
     # Cancel a call's handler when its caller disconnects.
     cancel_on_disconnect: bool = True
-    # Longest time a framed-transport frame may take to arrive once its first byte came; past it
-    # the connection closes, so a peer that stops mid-frame does not hold a buffer for ever.
+    # Maximum time for a framed-transport frame to arrive after its first byte. Past it the
+    # connection closes, so a peer that stops mid-frame cannot keep a buffer open indefinitely.
     frame_read_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:

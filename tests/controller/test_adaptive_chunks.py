@@ -140,7 +140,7 @@ async def test_slowed_leaf_shrinks_within_budget_share(leaf_handler, request_ids
         leaf.pause_per_id_s = 0.001
         slow_sizes = []
         for _ in range(5):
-            # The size is chosen from the fit as it stands before the request.
+            # The sizer chooses the size from the fit as it is before the request.
             fixed_s, per_glance_s = sizer.fits["fmlite"].fixed_s, sizer.fits["fmlite"].per_glance_s
             size, response = await send(controller, registry, user_id, glance_ids)
             assert len(response.scores) == COUNT

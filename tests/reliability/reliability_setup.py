@@ -93,7 +93,7 @@ def health(address: str):
 def l1_arguments(leaf_addresses: list[str], *extra: str) -> list[str]:
     """Arguments of ``serve-l1`` for shard 0 with the test timing: 500 ms deadline, fast health checks.
 
-    Chunk sizes are fixed (100 ids) so that every scenario knows how many leaf calls a request makes.
+    Chunk sizes are fixed (100 ids), so every scenario can count the leaf calls a request makes.
     """
     return [
         "serve-l1", "--shard", str(SHARD), "--num-shards", str(NUM_SHARDS), "--leaves", ",".join(leaf_addresses),

@@ -349,7 +349,7 @@ async def test_close_before_reply_on_pooled_connection_resends_once():
             await c.close()
 
 
-async def test_close_before_reply_on_fresh_connection_is_not_resent():
+async def test_fresh_connection_close_not_resent():
     async def reply(connection, message, writer):
         writer.close()
 
@@ -373,7 +373,7 @@ async def test_connection_refused_is_transport_error():
 # ---- bad frames ----------------------------------------------------------------------------------
 
 
-async def test_oversized_frame_gets_invalid_request_naming_size_and_limit():
+async def test_oversized_frame_invalid_request():
     srv, port, _ = await start_server(max_body_bytes=4096)
     c = ThriftFramedClient(f"framed://127.0.0.1:{port}")
     try:
@@ -400,7 +400,7 @@ async def test_huge_frame_length_gets_protocol_error(server):
     assert f"exceeds {max_body_bytes()} bytes" in text
 
 
-async def test_http_request_on_framed_port_gets_error_not_crash(server, client):
+async def test_http_on_framed_port_rejected(server, client):
     _, port, _ = server
     data = await raw_exchange(port, b"POST /thrift HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
     _, kind, _ = application_error(split_reply(data))
@@ -474,7 +474,7 @@ async def test_unknown_method_is_remote_error(server):
         codec.decode_reply(split_reply(data), "healty", 4)
 
 
-async def test_frames_sent_back_to_back_are_answered_in_order(server):
+async def test_back_to_back_frames_in_order(server):
     _, port, _ = server
     messages = [codec.encode_call("predict", i, request=make_request(ids=["x" * i], request_id=str(i))) for i in range(1, 6)]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -543,7 +543,7 @@ def test_split_transport_and_client_choice():
         ThriftFramedClient("framed://127.0.0.1:0")
 
 
-async def test_stalled_frame_closes_connection_after_read_timeout():
+async def test_stalled_frame_closes_connection():
     server, port, handler = await start_server(frame_read_timeout_s=0.3)
     try:
         body = codec.encode_call("predict", 1, request=make_request())
