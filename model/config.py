@@ -34,7 +34,7 @@ class WindowConfig:
 
     ``start`` is the first history day (default: the first day of the log). With
     ``include_history_column`` the undated clicks logged before the first day (MIND's history
-    column) join every history window, dated to the day before the log starts.
+    column) join every history window, dated to the day before that window starts.
     """
 
     history_days: int = 3
@@ -57,16 +57,25 @@ class UserEncoderConfig:
     A history click is a click logged without its impression. ``impute_history`` counts each
     one in the meta peek rates as ``1 / p`` impressions with the population's meta mix. With it
     off, history clicks feed the text and image sections only.
+
+    ``meta_log_lift`` turns each meta peek rate into its log lift over the population's rate of
+    that value, after shrinking it toward that rate by ``meta_prior_impressions``
+    pseudo-impressions (see ``model.user_encoder``). With it off, the meta section holds the
+    plain peek rates of the paper.
     """
 
     normalize: bool = True
     decay: bool = True
     decay_days: float | None = None
     impute_history: bool = True
+    meta_log_lift: bool = True
+    meta_prior_impressions: float = 10.0
 
     def __post_init__(self) -> None:
         if self.decay_days is not None and self.decay_days <= 0:
             raise ValueError(f"decay_days must be positive, got {self.decay_days}")
+        if not self.meta_prior_impressions > 0:
+            raise ValueError(f"meta_prior_impressions must be positive, got {self.meta_prior_impressions}")
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,9 @@ class WindowError(ValueError):
 class Windows:
     """Resolved windows as inclusive day numbers relative to ``origin`` (day 0, the first logged day).
 
-    ``history_column_day`` is the day assigned to undated history clicks, or None when they
-    are left out.
+    ``history_column_day`` is the day the undated history clicks carry in the training
+    profiles' window (the day before it starts), or None when they are left out. Every other
+    window dates them to the day before it starts (see ``profile_events``).
     """
 
     origin: dt.date
@@ -115,16 +116,19 @@ def resolve_windows(data: SourceData, config: WindowConfig) -> Windows:
         history=history,
         train=train,
         test=test,
-        history_column_day=-1 if config.include_history_column else None,
+        history_column_day=history[0] - 1 if config.include_history_column else None,
     )
 
 
 def profile_events(data: SourceData, windows: Windows, *, days: tuple[int, int]) -> pd.DataFrame:
     """Return the events (``user_id, glance_id, day, peek``) of the user encoder over ``days``.
 
-    The undated history clicks join as peeks on ``windows.history_column_day`` unless the
-    window config left them out; their ``logged`` column is False (no impression was logged
-    with them), True for every other event.
+    The undated history clicks join as peeks unless the window config left them out; their
+    ``logged`` column is False (no impression was logged with them), True for every other
+    event. They are dated to the day before ``days`` starts, so that every window sees them at
+    the same age: with a fixed date, the serving window (two days later than the training
+    window) would decay them more than the training window did, and the model would be served
+    profiles with a different mix of evidence from the profiles it was trained on.
     """
     frame = data.interactions.frame
     day = _day_numbers(frame["timestamp"], windows.origin)
@@ -145,7 +149,7 @@ def profile_events(data: SourceData, windows: Windows, *, days: tuple[int, int])
         {
             "user_id": history["user_id"].to_numpy(dtype=object),
             "glance_id": history["glance_id"].to_numpy(dtype=object),
-            "day": np.full(len(history), windows.history_column_day, dtype=np.int64),
+            "day": np.full(len(history), days[0] - 1, dtype=np.int64),
             "peek": np.ones(len(history), dtype=np.int8),
             LOGGED_COLUMN: np.zeros(len(history), dtype=bool),
         }

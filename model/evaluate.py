@@ -62,6 +62,9 @@ ABLATIONS: dict[str, Ablation] = {
     "no_history_imputation": Ablation(
         "FM-Lite, history clicks left out of the meta peek rates", encoder=UserEncoderConfig(impute_history=False)
     ),
+    "plain_rates": Ablation(
+        "FM-Lite on plain meta peek rates (no log lift, no prior)", encoder=UserEncoderConfig(meta_log_lift=False)
+    ),
     "narrow_meta": Ablation("FM-Lite with rank-16 meta towers (32 ReLU units, then 16)", fmlite=NARROW_META),
     "negatives_1": Ablation("FM-Lite, negatives sub-sampled 1:1", negatives=1.0),
     "negatives_4": Ablation("FM-Lite, negatives sub-sampled 4:1", negatives=4.0),

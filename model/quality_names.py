@@ -20,6 +20,6 @@ DISPLAY_NAMES = {
 }
 FMLITE_NAMES = ("fmlite",)
 # FM-Lite ablations, each one change to the main FM-Lite row (see ``model.evaluate.ABLATIONS``).
-ABLATION_NAMES = ("no_normalisation", "no_decay", "no_history_imputation", "narrow_meta", "negatives_1", "negatives_4", "negatives_all")
+ABLATION_NAMES = ("no_normalisation", "no_decay", "no_history_imputation", "plain_rates", "narrow_meta", "negatives_1", "negatives_4", "negatives_all")
 # Poolings of the sentence encoder compared by ``fmlite finetune-text``: mean, max, [CLS] token.
 POOLINGS = ("mean", "max", "cls")

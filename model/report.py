@@ -124,10 +124,18 @@ def render_notes() -> str:
             "## Notes on the FM-Lite rows",
             "",
             "- FM-Lite's meta towers are one linear layer as wide as the M meta columns (about 190 on MIND data), "
-            "initialised to the identity, so <a_u_MF, a_g_MF> starts as the user's peek rate for the glance's own "
-            "category, subcategory and format, sum_j u_MF[j] g_MF[j], and training learns a full bilinear form from "
-            "there. That diagonal form has rank M; meta towers that end in 16 dimensions (the row \"FM-Lite with "
-            "rank-16 meta towers\") cannot represent it.",
+            "initialised to the identity, so <a_u_MF, a_g_MF> starts as the sum of the user's meta values for the "
+            "glance's own category, subcategory and format, sum_j u_MF[j] g_MF[j], and training learns a full bilinear "
+            "form from there. That diagonal form has rank M; meta towers that end in 16 dimensions (the row \"FM-Lite "
+            "with rank-16 meta towers\") cannot represent it.",
+            "- The meta section holds log lifts, not the paper's plain peek rates: per value j, log(r_uj / r_j), with the "
+            "user's rate r_uj shrunk toward the population's rate r_j by 10 pseudo-impressions, then scaled by the "
+            "beta-interval factor. A value the user was never shown reads 0 (peeks like everyone) instead of a rate of 0 "
+            "(never peeks), and the inner product with a glance's one-hot meta adds up lifts, which is close to adding "
+            "log-odds at peek rates of a few percent. The row \"plain meta peek rates\" shows the paper's form.",
+            "- Undated history clicks are dated to the day before each profile window, so the training and the serving "
+            "profiles see them at the same age. With one fixed date, the serving window, two days later, decayed them "
+            "more than the training window had, and models were served profiles with a different mix of evidence.",
             "- Clicks of MIND's history column come without their impressions. The user encoder counts each one in the "
             "meta peek rates as 1/p impressions with the population's mix of meta values, where p is the peek rate of the "
             "window's logged impressions. In the beta-interval factor it counts as one peek and 1/p - 1 non-peeks. Counted "

@@ -96,7 +96,7 @@ def _events(interactions: Any, history: Any, windows: Windows, days: tuple[int, 
     )
     if windows.history_column_day is not None and history is not None:
         clicks = history.select(
-            "user_id", "glance_id", F.lit(windows.history_column_day).cast("long").alias("day"), F.lit(1).cast("int").alias("peek"),
+            "user_id", "glance_id", F.lit(days[0] - 1).cast("long").alias("day"), F.lit(1).cast("int").alias("peek"),
             F.lit(0).alias("source"), "row",
         )
         logged = clicks.unionByName(logged)

@@ -18,6 +18,15 @@ among glances that have content:
   window and ``e_j`` the share of them whose glance has value ``j``. Counted as one impression,
   a history click would read as an impression that was always peeked, and a user with only
   history clicks would get a peek rate of 1.0 for every value they clicked.
+- with log lifts (the default), ``u_MF[j] = n_u * log(min((N_j + m r_j) / (D_j + m), 1) / r_j)``
+  instead, where ``N_j / D_j`` is the rate above (numerator and denominator), ``r_j`` the
+  population's peek rate of value ``j`` over the window's logged impressions, smoothed by one
+  pseudo-impression at ``p``, and ``m`` a prior of pseudo-impressions at ``r_j``. A value the
+  user was never shown gets 0, "peeks like everyone", where a plain rate reads 0 as "never
+  peeks"; a value shown twice without a peek moves only a little below 0. Rankers score in
+  log-odds, and at peek rates of a few percent the log of a rate ratio is close to a log-odds
+  difference. So an inner product with a glance's one-hot meta adds up the user's lifts for
+  the glance's category, subcategory and format.
 - ``n_u = 1 - (F^-1(0.975 | a+1, b+1) - F^-1(0.025 | a+1, b+1))`` is the beta-interval factor,
   with ``F^-1`` the inverse CDF of the beta distribution, for ``a`` peeks and ``b`` non-peeks:
   the logged ones plus, per history click, one peek and ``1 / p - 1`` non-peeks. A user with
@@ -25,7 +34,7 @@ among glances that have content:
   counts less than the same rate from three hundred. ``n_u = 1`` with normalisation off.
 
 An optional boolean ``logged`` column of the events marks history clicks (False); without it
-every event is a logged impression. ``HistoryExposure`` contains ``p`` and ``e``. A
+every event is a logged impression. ``HistoryExposure`` contains ``p``, ``e`` and ``r``. A
 distributed build computes it once over the whole window and passes it to every partition.
 
 Sections without evidence are zeros: ``u_TF`` of a user who peeked at nothing with content,
@@ -103,12 +112,14 @@ def decay_weights(days: np.ndarray, *, present_day: float, window_days: float) -
 class HistoryExposure:
     """Population figures that turn history clicks into estimated impressions.
 
-    ``peek_rate`` is ``p``, the peek rate of the window's logged impressions, and ``meta_mix``
-    is ``e``, the share of those impressions whose glance has each meta value.
+    ``peek_rate`` is ``p``, the peek rate of the window's logged impressions, ``meta_mix`` is
+    ``e``, the share of those impressions whose glance has each meta value, and
+    ``meta_peek_rates`` is ``r``, the smoothed peek rate of each meta value.
     """
 
     peek_rate: float
     meta_mix: np.ndarray
+    meta_peek_rates: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.peek_rate <= 1.0:
@@ -128,7 +139,21 @@ class HistoryExposure:
         peeked = float(peeks.sum())
         if total <= 0 or peeked <= 0:
             return None
-        return cls(peek_rate=peeked / total, meta_mix=impressions @ glances.meta.astype(np.float64) / total)
+        meta = glances.meta.astype(np.float64)
+        value_impressions = impressions @ meta
+        rate = peeked / total
+        # One pseudo-impression at the overall rate keeps every value's rate above 0, also for
+        # values shown but never peeked, and gives values never shown the overall rate.
+        value_rates = (peeks @ meta + rate) / (value_impressions + 1.0)
+        return cls(peek_rate=rate, meta_mix=value_impressions / total, meta_peek_rates=value_rates)
+
+    def value_rates(self, columns: int) -> np.ndarray:
+        """Return ``r``, the population peek rate of each meta value (``p`` when not given)."""
+        if self.meta_peek_rates is None:
+            return np.full(columns, self.peek_rate)
+        if self.meta_peek_rates.shape != (columns,):
+            raise ValueError(f"population peek rates cover {self.meta_peek_rates.shape} meta columns, the glances have {columns}")
+        return self.meta_peek_rates
 
 
 @dataclass(frozen=True)
@@ -228,13 +253,13 @@ def build_user_profiles(
     peek_count = peeks.astype(np.float64)
     non_peek_count = (impressions - peeks).astype(np.float64)
     clicks = ~logged & (labels > 0)
+    if exposure is None and ((clicks.any() and config.impute_history) or config.meta_log_lift):
+        exposure = HistoryExposure.from_counts(
+            np.bincount(glance_rows[logged], minlength=len(glances)),
+            np.bincount(glance_rows[logged], weights=labels[logged], minlength=len(glances)),
+            glances,
+        )
     if clicks.any() and config.impute_history:
-        if exposure is None:
-            exposure = HistoryExposure.from_counts(
-                np.bincount(glance_rows[logged], minlength=len(glances)),
-                np.bincount(glance_rows[logged], weights=labels[logged], minlength=len(glances)),
-                glances,
-            )
         if exposure is None:
             logger.warning("no logged impression with a peek in the window: %d history clicks feed text and image only", int(clicks.sum()))
         else:
@@ -244,14 +269,25 @@ def build_user_profiles(
             denominator += (click_weight / exposure.peek_rate)[:, None] * exposure.meta_mix[None, :]
             peek_count += click_count
             non_peek_count += click_count * (1.0 / exposure.peek_rate - 1.0)
-    rates = np.minimum(_safe_divide(numerator, denominator), 1.0)
+    meta_scale = "log_lift" if config.meta_log_lift else "rate"
+    if config.meta_log_lift and exposure is None:
+        logger.warning("no logged impression with a peek in the window: meta profiles fall back to plain peek rates, since log lifts need population rates")
+        meta_scale = "rate_fallback"
+    if meta_scale == "log_lift":
+        population = exposure.value_rates(numerator.shape[1])
+        m = config.meta_prior_impressions
+        # Capped at 1 like the plain rate: imputed history clicks can outnumber their impressions.
+        shrunk = np.minimum((numerator + m * population[None, :]) / (denominator + m), 1.0)
+        rates = np.log(shrunk / population[None, :])
+    else:
+        rates = np.minimum(_safe_divide(numerator, denominator), 1.0)
     if config.normalize:
         rates *= beta_interval_factor(peek_count, non_peek_count)[:, None]
 
     peeked_weight = np.asarray(peeked.sum(axis=1)).reshape(-1)
-    text = _safe_divide(np.asarray(peeked @ glances.text.astype(np.float64)), peeked_weight[:, None])
     has_image = glances.has_image.astype(np.float64)
     image_weight = np.asarray(peeked @ has_image).reshape(-1)
+    text = _safe_divide(np.asarray(peeked @ glances.text.astype(np.float64)), peeked_weight[:, None])
     image = _safe_divide(np.asarray(peeked @ glances.image.astype(np.float64)), image_weight[:, None])
 
     meta = rates.astype(np.float32)
@@ -279,5 +315,12 @@ def build_user_profiles(
         cold_start={section: np.asarray(vector, dtype=np.float32) for section, vector in cold_start.items()},
         present_day=int(present_day),
         window_days=float(decay_days),
-        options={"normalize": config.normalize, "decay": config.decay, "decay_days": float(decay_days), "impute_history": config.impute_history},
+        options={
+            "normalize": config.normalize,
+            "decay": config.decay,
+            "decay_days": float(decay_days),
+            "impute_history": config.impute_history,
+            "meta_scale": meta_scale,
+            "meta_prior_impressions": config.meta_prior_impressions,
+        },
     )

@@ -59,6 +59,14 @@ def test_profile_events_window(mind_data):
     assert len(history) == 138_932
     assert (history["peek"] == 1).all()
 
+    # The serving window starts two days later and dates the same clicks to the day before it,
+    # so they reach both windows at the same age.
+    serving = profile_events(mind_data, windows, days=windows.serving_history)
+    undated = serving[~serving["logged"]]
+    assert len(undated) == 138_932
+    assert (undated["day"] == windows.serving_history[0] - 1).all()
+    assert (serving.loc[serving["logged"], "day"] >= windows.serving_history[0]).all()
+
     without = resolve_windows(mind_data, WindowConfig(include_history_column=False))
     assert (profile_events(mind_data, without, days=without.history)["day"] >= 0).all()
 

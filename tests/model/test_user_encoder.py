@@ -100,8 +100,11 @@ def tiny_events() -> pd.DataFrame:
     )
 
 
+PLAIN_RATES = UserEncoderConfig(meta_log_lift=False)
+
+
 def test_profiles_worked_example(tiny_glances, tiny_events):
-    profiles = build_user_profiles(tiny_events, tiny_glances, present_day=2, window_days=3)
+    profiles = build_user_profiles(tiny_events, tiny_glances, present_day=2, window_days=3, config=PLAIN_RATES)
     columns = list(tiny_glances.vocabulary.columns)
     assert columns == [
         "category=a", "category=b", "category=<unknown>",
@@ -138,14 +141,14 @@ def test_profiles_worked_example(tiny_glances, tiny_events):
 
 def test_profiles_ablation_switches(tiny_glances, tiny_events):
     plain = build_user_profiles(
-        tiny_events, tiny_glances, present_day=2, window_days=3, config=UserEncoderConfig(normalize=False, decay=False)
+        tiny_events, tiny_glances, present_day=2, window_days=3, config=UserEncoderConfig(normalize=False, decay=False, meta_log_lift=False)
     )
     u1 = dict(zip(tiny_glances.vocabulary.columns, plain.meta[0]))
     assert u1["category=a"] == pytest.approx(1.0)
     assert u1["subcategory=x"] == pytest.approx(2 / 3)
     np.testing.assert_allclose(plain.text[0], (tiny_glances.text[0] + tiny_glances.text[2]) / 2, rtol=1e-6)
 
-    decay_only = build_user_profiles(tiny_events, tiny_glances, present_day=2, window_days=3, config=UserEncoderConfig(normalize=False))
+    decay_only = build_user_profiles(tiny_events, tiny_glances, present_day=2, window_days=3, config=UserEncoderConfig(normalize=False, meta_log_lift=False))
     w2, w3 = math.exp(-1 / 3), math.exp(-1)
     assert dict(zip(tiny_glances.vocabulary.columns, decay_only.meta[0]))["subcategory=x"] == pytest.approx((1 + w3) / (1 + w2 + w3), rel=1e-6)
 
@@ -168,7 +171,7 @@ def _with_history_clicks(tiny_events: pd.DataFrame) -> pd.DataFrame:
 
 def test_history_clicks_count_as_estimated_impressions(tiny_glances, tiny_events):
     events = _with_history_clicks(tiny_events)
-    profiles = build_user_profiles(events, tiny_glances, present_day=2, window_days=3, config=UserEncoderConfig(normalize=False, decay=False))
+    profiles = build_user_profiles(events, tiny_glances, present_day=2, window_days=3, config=UserEncoderConfig(normalize=False, decay=False, meta_log_lift=False))
     columns = list(tiny_glances.vocabulary.columns)
     assert profiles.ids.tolist() == ["U1", "U3", "U4"]
     # Counts are of logged impressions only.
@@ -190,14 +193,14 @@ def test_history_clicks_count_as_estimated_impressions(tiny_glances, tiny_events
     np.testing.assert_allclose(profiles.text[2], tiny_glances.text[1], rtol=1e-6)
 
     # The beta-interval factor counts a history click as one peek and 1/p - 1 = 1 non-peek.
-    normalised = build_user_profiles(events, tiny_glances, present_day=2, window_days=3, config=UserEncoderConfig(decay=False))
+    normalised = build_user_profiles(events, tiny_glances, present_day=2, window_days=3, config=UserEncoderConfig(decay=False, meta_log_lift=False))
     assert dict(zip(columns, normalised.meta[0]))["category=a"] == pytest.approx(float(beta_interval_factor(3, 2)) * 2 / 3, rel=1e-6)
     assert dict(zip(columns, normalised.meta[2]))["category=b"] == pytest.approx(float(beta_interval_factor(1, 1)), rel=1e-6)
 
 
 def test_history_clicks_left_out_of_meta_rates(tiny_glances, tiny_events):
     events = _with_history_clicks(tiny_events)
-    config = UserEncoderConfig(normalize=False, decay=False, impute_history=False)
+    config = UserEncoderConfig(normalize=False, decay=False, impute_history=False, meta_log_lift=False)
     profiles = build_user_profiles(events, tiny_glances, present_day=2, window_days=3, config=config)
     u1 = dict(zip(tiny_glances.vocabulary.columns, profiles.meta[0]))
     assert u1["category=b"] == 0.0
@@ -208,6 +211,50 @@ def test_history_clicks_left_out_of_meta_rates(tiny_glances, tiny_events):
     counted = build_user_profiles(events.drop(columns="logged"), tiny_glances, present_day=2, window_days=3, config=config)
     assert counted.impressions.tolist() == [4, 1, 1]
     assert dict(zip(tiny_glances.vocabulary.columns, counted.meta[2]))["category=b"] == pytest.approx(1.0)
+
+
+def test_meta_log_lifts_worked_example(tiny_glances, tiny_events):
+    config = UserEncoderConfig(normalize=False, decay=False, meta_prior_impressions=2.0)
+    profiles = build_user_profiles(tiny_events, tiny_glances, present_day=2, window_days=3, config=config)
+    assert profiles.options["meta_scale"] == "log_lift"
+    columns = list(tiny_glances.vocabulary.columns)
+    # Logged impressions with content: G1 (peeked), G2, G3 (peeked) of U1 and G2 of U3, so
+    # p = 1/2. Population rates with one pseudo-impression at p: category a (2 of 2 peeked)
+    # 2.5 / 3, category b (0 of 2) 0.5 / 3, subcategory x and format ar (2 of 4) 0.5, values
+    # never shown p = 0.5, has_image (1 of 1) 1.5 / 2.
+    r_a, r_b, r_x, r_image = 2.5 / 3, 0.5 / 3, 0.5, 0.75
+    # U1 with m = 2 pseudo-impressions at r: category a 2 of 2, b 0 of 1, x 2 of 3, image 1 of 1.
+    u1 = dict(zip(columns, profiles.meta[0]))
+    assert u1["category=a"] == pytest.approx(math.log((2 + 2 * r_a) / 4 / r_a), rel=1e-5)
+    assert u1["category=b"] == pytest.approx(math.log((2 * r_b) / 3 / r_b), rel=1e-5)
+    assert u1["subcategory=x"] == pytest.approx(math.log((2 + 2 * r_x) / 5 / r_x), rel=1e-5)
+    assert u1["has_image"] == pytest.approx(math.log((1 + 2 * r_image) / 3 / r_image), rel=1e-5)
+    # Values U1 was never shown read as the population's rate: a lift of 0.
+    assert u1["category=<unknown>"] == 0.0
+    assert u1["subcategory=<unknown>"] == 0.0
+    # U3 saw G2 once without a peek: below the population on b and x, 0 elsewhere.
+    u3 = dict(zip(columns, profiles.meta[1]))
+    assert u3["category=b"] == pytest.approx(math.log(2 / 3), rel=1e-5)
+    assert u3["subcategory=x"] == pytest.approx(math.log((2 * r_x) / 3 / r_x), rel=1e-5)
+    assert u3["category=a"] == 0.0
+
+    # The beta-interval factor scales the lifts toward 0.
+    normalised = build_user_profiles(tiny_events, tiny_glances, present_day=2, window_days=3, config=UserEncoderConfig(decay=False, meta_prior_impressions=2.0))
+    np.testing.assert_allclose(normalised.meta[0], profiles.meta[0] * float(beta_interval_factor(2, 1)), rtol=1e-5)
+
+
+def test_meta_log_lifts_fall_back_to_rates_without_peeks(tiny_glances, tiny_events, caplog):
+    never_peeked = tiny_events.assign(peek=0)
+    with caplog.at_level("WARNING"):
+        profiles = build_user_profiles(never_peeked, tiny_glances, present_day=2, window_days=3)
+    assert profiles.options["meta_scale"] == "rate_fallback"
+    assert "fall back to plain peek rates" in caplog.text
+    assert not profiles.meta.any()
+
+
+def test_meta_prior_must_be_positive():
+    with pytest.raises(ValueError, match="meta_prior_impressions must be positive, got 0"):
+        UserEncoderConfig(meta_prior_impressions=0.0)
 
 
 def test_history_exposure_rejects_bad_counts(tiny_glances):
@@ -242,8 +289,12 @@ def test_profiles_on_sample(mind_data, text_encoder):
     assert len(profiles) > 2_000
     for section in ("meta", "image", "text"):
         assert np.isfinite(getattr(profiles, section)).all()
-    assert profiles.meta.min() >= 0.0
-    assert profiles.meta.max() <= 1.0
+    # Log lifts: negative for values peeked less than the population, at most log(1 / r).
+    assert profiles.meta.min() < 0.0 < profiles.meta.max()
+    assert profiles.meta.max() <= np.log(1.0 / 0.001)
+    plain = build_user_profiles(events, glances, present_day=windows.history[1], window_days=3, config=PLAIN_RATES)
+    assert plain.meta.min() >= 0.0
+    assert plain.meta.max() <= 1.0
     assert np.linalg.norm(profiles.text, axis=1).max() <= 1.0 + 1e-5
     assert not profiles.image.any()
     assert (profiles.peeks <= profiles.impressions).all()
