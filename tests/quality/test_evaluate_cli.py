@@ -52,7 +52,9 @@ def test_every_model_and_ablation_has_a_record(evaluation):
     keys = [record["model"] for record in records]
     assert keys[: len(MODEL_NAMES)] == list(MODEL_NAMES)
     assert [key for key in keys if key.startswith("fmlite:")] == ["fmlite:no_normalisation", "fmlite:negatives_1"]
-    assert keys[-1] == "oracle"
+    assert keys[-2:] == ["baseline_plain_rates", "oracle"]
+    groups = {record["model"]: record["group"] for record in records}
+    assert groups["baseline_plain_rates"] == "reference"
 
 
 def test_every_metric_has_an_interval(evaluation):
