@@ -75,7 +75,9 @@ class UserEncoderConfig:
         if self.decay_days is not None and self.decay_days <= 0:
             raise ValueError(f"decay_days must be positive, got {self.decay_days}")
         if not self.meta_prior_impressions > 0:
-            raise ValueError(f"meta_prior_impressions must be positive, got {self.meta_prior_impressions}")
+            raise ValueError(
+                f"meta_prior_impressions must be positive, got {self.meta_prior_impressions}; it counts pseudo-impressions at the population's rate (default 10)"
+            )
 
 
 @dataclass(frozen=True)

@@ -125,10 +125,10 @@ def profile_events(data: SourceData, windows: Windows, *, days: tuple[int, int])
 
     The undated history clicks join as peeks unless the window config left them out; their
     ``logged`` column is False (no impression was logged with them), True for every other
-    event. They are dated to the day before ``days`` starts, so that every window sees them at
-    the same age: with a fixed date, the serving window (two days later than the training
-    window) would decay them more than the training window did, and the model would be served
-    profiles with a different mix of evidence from the profiles it was trained on.
+    event. They are dated to the day before ``days`` starts, so they have the same age in every
+    window. With one fixed date, the serving window (two days after the training window) would
+    decay them more than the training window did. The model would then be served profiles with
+    a different mix of evidence from the profiles it was trained on.
     """
     frame = data.interactions.frame
     day = _day_numbers(frame["timestamp"], windows.origin)

@@ -131,7 +131,7 @@ def render_notes() -> str:
             "- The meta section holds log lifts, not the paper's plain peek rates: per value j, log(r_uj / r_j), with the "
             "user's rate r_uj shrunk toward the population's rate r_j by 10 pseudo-impressions, then scaled by the "
             "beta-interval factor. A value the user was never shown reads 0 (peeks like everyone) instead of a rate of 0 "
-            "(never peeks), and the inner product with a glance's one-hot meta adds up lifts, which is close to adding "
+            "(never peeks). The inner product with a glance's one-hot meta adds up lifts, which is close to adding "
             "log-odds at peek rates of a few percent. The row \"plain meta peek rates\" shows the paper's form.",
             "- Undated history clicks are dated to the day before each profile window, so the training and the serving "
             "profiles see them at the same age. With one fixed date, the serving window, two days later, decayed them "

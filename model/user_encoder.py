@@ -152,7 +152,10 @@ class HistoryExposure:
         if self.meta_peek_rates is None:
             return np.full(columns, self.peek_rate)
         if self.meta_peek_rates.shape != (columns,):
-            raise ValueError(f"population peek rates cover {self.meta_peek_rates.shape} meta columns, the glances have {columns}")
+            raise ValueError(
+                f"population peek rates have {self.meta_peek_rates.shape[0]} meta columns but the glances have {columns}; "
+                "build the exposure from the same glance features"
+            )
         return self.meta_peek_rates
 
 

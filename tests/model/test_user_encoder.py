@@ -243,7 +243,7 @@ def test_meta_log_lifts_worked_example(tiny_glances, tiny_events):
     np.testing.assert_allclose(normalised.meta[0], profiles.meta[0] * float(beta_interval_factor(2, 1)), rtol=1e-5)
 
 
-def test_meta_log_lifts_fall_back_to_rates_without_peeks(tiny_glances, tiny_events, caplog):
+def test_log_lifts_fallback_without_peeks(tiny_glances, tiny_events, caplog):
     never_peeked = tiny_events.assign(peek=0)
     with caplog.at_level("WARNING"):
         profiles = build_user_profiles(never_peeked, tiny_glances, present_day=2, window_days=3)
@@ -263,6 +263,14 @@ def test_history_exposure_rejects_bad_counts(tiny_glances):
     assert HistoryExposure.from_counts(np.ones(3), np.zeros(3), tiny_glances) is None
     with pytest.raises(ValueError, match="peek_rate"):
         HistoryExposure(peek_rate=0.0, meta_mix=np.zeros(8))
+
+
+def test_exposure_value_rates(tiny_glances):
+    overall_only = HistoryExposure(peek_rate=0.25, meta_mix=np.zeros(8))
+    np.testing.assert_allclose(overall_only.value_rates(8), np.full(8, 0.25))
+    counted = HistoryExposure.from_counts(np.ones(3), np.array([1.0, 0.0, 0.0]), tiny_glances)
+    with pytest.raises(ValueError, match="have 8 meta columns but the glances have 5"):
+        counted.value_rates(5)
 
 
 def test_profiles_rows_of(tiny_glances, tiny_events):
