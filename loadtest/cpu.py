@@ -12,9 +12,10 @@ import os
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-__all__ = ["ProcessGone", "process_cpu_seconds", "CpuSnapshot", "snapshot_cpu"]
+__all__ = ["TICKS_PER_SECOND", "ProcessGone", "process_cpu_seconds", "CpuSnapshot", "snapshot_cpu"]
 
-_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+# Unit of the kernel's CPU counters; a process that ran less than one tick reads 0.
+TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
 
 class ProcessGone(RuntimeError):
@@ -31,7 +32,7 @@ def process_cpu_seconds(pid: int) -> float:
     # The command name (field 2) is in parentheses and may contain spaces: split after it.
     fields = text[text.rindex(b")") + 2 :].split()
     # Fields 14 (utime) and 15 (stime), counted from 1, are 11 and 12 after the name.
-    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND
 
 
 @dataclass(frozen=True)

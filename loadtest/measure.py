@@ -2,7 +2,9 @@
 
 The CPU time of every server process of the configuration is read when the first recorded
 request is due and again when the last recorded request has finished. Predictions per
-CPU-second are the recorded requests' scores divided by the sum of those differences.
+CPU-second are the recorded requests' scores divided by the sum of those differences. When
+that sum is zero (every server used less than one clock tick, ``/proc``'s unit), the figure is
+not measured: it reads ``None`` and the report prints "n/a", never a rate of 0 or infinity.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from fmlite.launcher import ServerProcess
 from fmlite.serve import install_event_loop
 from loadtest.cluster import pid_pairs
-from loadtest.cpu import CpuSnapshot, snapshot_cpu
+from loadtest.cpu import TICKS_PER_SECOND, CpuSnapshot, snapshot_cpu
 from loadtest.driver import LoadResult, LoadSpec, Target, run_load
 
-__all__ = ["Measurement", "mean_chunk_size", "measure", "tier_of"]
+__all__ = ["Measurement", "format_rate", "mean_chunk_size", "rounded_rate", "measure", "tier_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +65,16 @@ class Measurement:
         return sum(self.cpu_seconds.values())
 
     @property
-    def predictions_per_cpu_second(self) -> float:
-        total = self.total_cpu_seconds
-        return self.predictions / total if total > 0 else 0.0
+    def cpu_measured(self) -> bool:
+        """Return False when the servers used less CPU than ``/proc`` can resolve (one clock tick)."""
+        return self.total_cpu_seconds > 0
+
+    @property
+    def predictions_per_cpu_second(self) -> float | None:
+        """Return predictions per CPU-second, or None when the CPU time was below one clock tick."""
+        if not self.cpu_measured:
+            return None
+        return self.predictions / self.total_cpu_seconds
 
     def cpu_by_tier(self) -> dict[str, float]:
         """Return CPU seconds summed per tier."""
@@ -77,7 +86,8 @@ class Measurement:
     def summary(self) -> dict[str, Any]:
         """Return the figures as a JSON-ready dict."""
         return {
-            "predictions_per_cpu_second": round(self.predictions_per_cpu_second, 1),
+            "predictions_per_cpu_second": rounded_rate(self.predictions_per_cpu_second),
+            "cpu_measured": self.cpu_measured,
             "p50_ms": round(self.p50_ms, 2),
             "p99_ms": round(self.p99_ms, 2),
             "max_ms": round(self.max_ms, 2),
@@ -92,6 +102,16 @@ class Measurement:
             "cpu_seconds_by_tier": {tier: round(seconds, 3) for tier, seconds in self.cpu_by_tier().items()},
             "mean_chunk_size": round(self.mean_chunk_size, 1) if self.mean_chunk_size is not None else None,
         }
+
+
+def rounded_rate(value: float | None) -> float | None:
+    """Return a rate rounded to 0.1 for JSON, keeping None (not measured) as None."""
+    return round(value, 1) if value is not None else None
+
+
+def format_rate(value: float | None) -> str:
+    """Return a predictions-per-CPU-second figure for a table: ``12,345``, or ``n/a`` when not measured."""
+    return f"{value:,.0f}" if value is not None else "n/a"
 
 
 def mean_chunk_size(l1s: Sequence[ServerProcess]) -> float | None:
@@ -142,8 +162,13 @@ def measure(name: str, target: Target, spec: LoadSpec, servers: Sequence[ServerP
         cpu_seconds=cpu,
     )
     logger.info(
-        "%s at %.1f req/s: %d requests, %d errors, p50 %.1f ms, p99 %.1f ms, %.0f predictions per CPU-second",
+        "%s at %.1f req/s: %d requests, %d errors, p50 %.1f ms, p99 %.1f ms, %s predictions per CPU-second",
         name, spec.rate, measurement.sent, measurement.error_count, measurement.p50_ms, measurement.p99_ms,
-        measurement.predictions_per_cpu_second,
+        format_rate(measurement.predictions_per_cpu_second),
     )
+    if not measurement.cpu_measured:
+        logger.warning(
+            "%s: the servers used less than one clock tick of CPU (%.3f s) during %d requests, so predictions per "
+            "CPU-second are not measured; offer more requests", name, 1.0 / TICKS_PER_SECOND, measurement.sent,
+        )
     return measurement

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from loadtest.kernel import KernelTiming
-from loadtest.measure import Measurement
+from loadtest.measure import Measurement, format_rate
 from loadtest.sweep import SweepPoint, sweep_table
 
 __all__ = ["CONFIGURATIONS", "Provenance", "provenance", "BenchReport"]
@@ -104,9 +104,10 @@ class BenchReport:
             return "met" if ok else "NOT met"
 
         if platform is not None:
-            ok = platform.predictions_per_cpu_second >= TARGET_PREDICTIONS_PER_CPU_SECOND and platform.p99_ms <= TARGET_P99_MS and not platform.error_count
+            rate = platform.predictions_per_cpu_second
+            ok = rate is not None and rate >= TARGET_PREDICTIONS_PER_CPU_SECOND and platform.p99_ms <= TARGET_P99_MS and not platform.error_count
             lines.append(
-                f"platform: {platform.predictions_per_cpu_second:,.0f} predictions/CPU-s at p99 {platform.p99_ms:.1f} ms, "
+                f"platform: {format_rate(rate)} predictions/CPU-s at p99 {platform.p99_ms:.1f} ms, "
                 f"{platform.error_count} errors (target >= {TARGET_PREDICTIONS_PER_CPU_SECOND:,} at p99 <= {TARGET_P99_MS:g} ms, no errors): {verdict(ok)}"
             )
         if ratios["platform_over_rpc_floor"] is not None:
@@ -134,7 +135,7 @@ class BenchReport:
             tiers = found.cpu_by_tier()
             split = "/".join(f"{tiers.get(tier, 0.0):.2f}" for tier in ("l0", "l1", "leaf", "rest"))
             rows.append((
-                description, f"{found.rate:g} req/s", f"{found.predictions_per_cpu_second:,.0f}", f"{found.p50_ms:.1f}",
+                description, f"{found.rate:g} req/s", format_rate(found.predictions_per_cpu_second), f"{found.p50_ms:.1f}",
                 f"{found.p99_ms:.1f}", f"{found.max_ms:.1f}", str(found.error_count), str(found.sent), _chunk(found), split,
             ))
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -177,7 +178,7 @@ class BenchReport:
             tiers = found.cpu_by_tier()
             split = "/".join(f"{tiers.get(tier, 0.0):.2f}" for tier in ("l0", "l1", "leaf", "rest"))
             parts.append(
-                f"| {description} | {found.rate:g} req/s | {found.predictions_per_cpu_second:,.0f} | {found.p50_ms:.1f} | "
+                f"| {description} | {found.rate:g} req/s | {format_rate(found.predictions_per_cpu_second)} | {found.p50_ms:.1f} | "
                 f"{found.p99_ms:.1f} | {found.max_ms:.1f} | {found.error_count} | {found.sent} | {_chunk(found)} | {split} |"
             )
         parts += ["", *[f"- {line}" for line in self.target_lines()], ""]

@@ -10,6 +10,7 @@ passing step delivered, in predictions per second of wall time and per CPU-secon
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -17,7 +18,7 @@ from typing import Any, Mapping, Sequence
 from fmlite.launcher import ServerProcess
 from loadtest.cluster import Cluster
 from loadtest.driver import LoadSpec, ThriftTarget
-from loadtest.measure import Measurement, measure
+from loadtest.measure import Measurement, format_rate, measure, rounded_rate
 
 __all__ = ["SWEEP_CHUNK_SIZES", "SWEEP_VARIANTS", "P99_CAP_MS", "SweepPoint", "run_sweep", "sweep_table", "plot_sweep"]
 
@@ -52,15 +53,20 @@ class SweepPoint:
             "chunk_size": self.chunk_size,
             "requests_per_second": best.rate if best else 0.0,
             "predictions_per_second": round(best.predictions_per_second, 1) if best else 0.0,
-            "predictions_per_cpu_second": round(best.predictions_per_cpu_second, 1) if best else 0.0,
+            "predictions_per_cpu_second": rounded_rate(best.predictions_per_cpu_second) if best else 0.0,
             "p99_ms": round(best.p99_ms, 2) if best else None,
             "p99_cap_ms": self.p99_cap_ms,
             "steps": [
                 {"rate": s.rate, "p99_ms": round(s.p99_ms, 2), "errors": s.error_count, "requests": s.sent,
-                 "predictions_per_cpu_second": round(s.predictions_per_cpu_second, 1)}
+                 "predictions_per_cpu_second": rounded_rate(s.predictions_per_cpu_second)}
                 for s in self.steps
             ],
         }
+
+
+def _plotted(value: float | None) -> float:
+    """Return ``value``, or NaN (a gap in the line) when it was not measured."""
+    return value if value is not None else math.nan
 
 
 def step_passes(step: Measurement, p99_cap_ms: float = P99_CAP_MS) -> bool:
@@ -125,11 +131,11 @@ def sweep_table(points: Sequence[SweepPoint]) -> str:
             if best is None and point is not None and point.steps:
                 first = point.steps[0]
                 failed = f"none passed (at {first.rate:g} req/s: {first.error_count}/{first.sent} failed, p99 {first.p99_ms:.0f} ms)"
-                row += [failed, f"{first.predictions_per_second:,.0f}", f"{first.predictions_per_cpu_second:,.0f}", "-"]
+                row += [failed, f"{first.predictions_per_second:,.0f}", format_rate(first.predictions_per_cpu_second), "-"]
             elif best is None:
                 row += ["none passed", "-", "-", "-"]
             else:
-                row += [f"{best.rate:g}", f"{best.predictions_per_second:,.0f}", f"{best.predictions_per_cpu_second:,.0f}", f"{best.p99_ms:.1f}"]
+                row += [f"{best.rate:g}", f"{best.predictions_per_second:,.0f}", format_rate(best.predictions_per_cpu_second), f"{best.p99_ms:.1f}"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -150,7 +156,7 @@ def plot_sweep(points: Sequence[SweepPoint], path: Path, *, title: str) -> None:
         mine = sorted((p for p in points if p.variant == variant), key=lambda p: p.chunk_size)
         sizes = [p.chunk_size for p in mine]
         wall.plot(sizes, [p.best.predictions_per_second if p.best else 0.0 for p in mine], marker="o", label=variant)
-        cpu.plot(sizes, [p.steps[0].predictions_per_cpu_second if p.steps else 0.0 for p in mine], marker="o", label=variant)
+        cpu.plot(sizes, [_plotted(p.steps[0].predictions_per_cpu_second) if p.steps else 0.0 for p in mine], marker="o", label=variant)
     for axis, label in ((wall, "predictions per second"), (cpu, "predictions per CPU-second")):
         axis.set_xscale("log")
         axis.set_xticks(list(SWEEP_CHUNK_SIZES), [str(size) for size in SWEEP_CHUNK_SIZES])

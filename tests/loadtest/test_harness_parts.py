@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from loadtest.cpu import ProcessGone, process_cpu_seconds
-from loadtest.measure import tier_of
+from loadtest.measure import Measurement, format_rate, tier_of
 from loadtest.rest_peer import RestPredictError, parse_predict_body
 from loadtest.workload import WorkloadError, load_workload
 
@@ -34,6 +34,29 @@ def test_cpu_of_exited_process_raises():
 @pytest.mark.parametrize("role, tier", [("platform-l0", "l0"), ("platform-l1-1", "l1"), ("rpc_floor-leaf-0-1", "leaf"), ("features_in_body-rest", "rest")])
 def test_tier_of_role(role, tier):
     assert tier_of(role) == tier
+
+
+def _measurement(cpu_seconds):
+    return Measurement(
+        name="platform", rate=10.0, duration_s=1.0, glances_per_request=100, sent=6, errors={}, predictions=600,
+        p50_ms=5.0, p99_ms=9.0, max_ms=9.5, predictions_per_second=600.0, cpu_seconds=cpu_seconds,
+    )
+
+
+def test_cpu_below_one_tick_is_not_measured():
+    idle = _measurement({"platform-l0": 0.0, "platform-leaf-0-0": 0.0})
+    assert idle.predictions_per_cpu_second is None
+    summary = idle.summary()
+    assert summary["predictions_per_cpu_second"] is None
+    assert summary["cpu_measured"] is False
+    assert format_rate(idle.predictions_per_cpu_second) == "n/a"
+
+
+def test_cpu_rate_counts_every_process():
+    busy = _measurement({"platform-l0": 0.01, "platform-leaf-0-0": 0.02})
+    assert busy.predictions_per_cpu_second == pytest.approx(600 / 0.03)
+    assert busy.summary()["cpu_measured"] is True
+    assert format_rate(busy.predictions_per_cpu_second) == "20,000"
 
 
 def test_workload_draws_known_distinct_ids(trained_artifacts):
