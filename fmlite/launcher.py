@@ -251,16 +251,24 @@ def artifacts_present(var: Path) -> bool:
 
 
 def train_artifacts(*, data: str, out: str, num_shards: int, epochs: int | None, seed: int) -> object:
-    """Build profiles and train FM-Lite into ``out`` with the offline pipeline."""
+    """Build profiles and train FM-Lite into ``out``, then add the glance statistics to the snapshot.
+
+    The statistics (``glance_stats.npz``, as ``fmlite release`` writes them) let a traffic
+    config with exploration buckets point at ``out/profiles``.
+    """
     from dataclasses import replace
 
+    from fmlite.release import write_training_stats
     from model.config import PipelineConfig
     from model.pipeline import run_pipeline
 
     config = PipelineConfig(data_dir=Path(data), out=Path(out), num_shards=num_shards, seed=seed)
     if epochs is not None:
         config = replace(config, train=replace(config.train, epochs=epochs))
-    return run_pipeline(config)
+    result = run_pipeline(config)
+    path = write_training_stats(data, result.snapshot_dir, version=result.snapshot_version)
+    print(f"wrote glance statistics to {path}", flush=True)
+    return result
 
 
 def start_profile_store(var: Path) -> object:

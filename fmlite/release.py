@@ -43,6 +43,8 @@ __all__ = [
     "ReleaseConfig",
     "release",
     "rollback",
+    "write_snapshot_stats",
+    "write_training_stats",
 ]
 
 logger = logging.getLogger(__name__)
@@ -191,7 +193,12 @@ def _train(config: ReleaseConfig, staging: Path, version: int, num_shards: int, 
     return result.model_dir, result.snapshot_dir
 
 
-def _write_stats(source: Any, snapshot_dir: Path, *, as_of_ms: int, version: int) -> None:
+def write_snapshot_stats(source: Any, snapshot_dir: Path, *, as_of_ms: int, version: int) -> Path:
+    """Write the glance statistics of ``source``'s log before ``as_of_ms`` into ``snapshot_dir``.
+
+    Every glance of the snapshot gets a row, with no impressions when the log does not show it,
+    so L0's exploration can age the glances the leaves score. Returns the path of the file.
+    """
     import numpy as np
 
     frame = source.interactions.frame
@@ -203,7 +210,15 @@ def _write_stats(source: Any, snapshot_dir: Path, *, as_of_ms: int, version: int
         version=str(version),
         known_ids=snapshot.load_glances(snapshot_dir, verify=False).ids,
     )
-    write_glance_stats(snapshot_dir / STATS_FILE, stats)
+    return write_glance_stats(snapshot_dir / STATS_FILE, stats)
+
+
+def write_training_stats(data: str | Path, snapshot_dir: Path, *, version: int) -> Path:
+    """Write the statistics of ``data``'s log up to its held-out day into a trained snapshot."""
+    from fmlite.release_eval import load_held_out_day
+
+    day, source = load_held_out_day(data)
+    return write_snapshot_stats(source, snapshot_dir, as_of_ms=day.first_ms, version=version)
 
 
 def release(config: ReleaseConfig, *, out: Callable[[str], None] = print) -> int:
@@ -235,7 +250,7 @@ def release(config: ReleaseConfig, *, out: Callable[[str], None] = print) -> int
             model_dir, snapshot_dir = _train(config, staging, version, shards or config.num_shards or 2, out)
 
         day, source = load_held_out_day(config.data)
-        _write_stats(source, snapshot_dir, as_of_ms=day.first_ms, version=version)
+        write_snapshot_stats(source, snapshot_dir, as_of_ms=day.first_ms, version=version)
         out(f"scoring the held-out day {day.label} with the candidate and the served version")
         candidate_scores = score_version(day, model_dir=model_dir, snapshot_dir=snapshot_dir, label="candidate")
         served_scores = None

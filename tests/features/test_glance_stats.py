@@ -109,3 +109,28 @@ def test_reload_keeps_serving_on_bad_files(tmp_path):
     assert experiments.reload_traffic()
     assert experiments.traffic.variant_for("anyone") == "cosine"
     assert "traffic_error" not in experiments.details()
+
+
+def test_trained_snapshot_gets_statistics_of_the_log(trained_artifacts, sample_dir, tmp_path):
+    import shutil
+
+    from fmlite import snapshot
+    from fmlite.release import write_training_stats
+    from fmlite.release_eval import load_held_out_day
+
+    root = trained_artifacts.out_dir / "profiles"
+    version = snapshot.current_version(root)
+    copy = tmp_path / str(version)
+    shutil.copytree(root / str(version), copy)
+    path = write_training_stats(sample_dir, copy, version=version)
+    stats = read_glance_stats(path)
+
+    day, source = load_held_out_day(sample_dir)
+    frame = source.interactions.frame
+    before = frame[frame["timestamp"].to_numpy(dtype="datetime64[ms]").astype(np.int64) < day.first_ms]
+    assert path == copy / STATS_FILE
+    assert stats.version == str(version)
+    assert stats.as_of_ms == day.first_ms
+    assert set(snapshot.load_glances(copy, verify=False).ids.tolist()) <= set(stats.ids.tolist())
+    assert int(stats.impressions.sum()) == len(before)
+    assert int(stats.peeks.sum()) == int((before["peek"] > 0).sum())
