@@ -184,9 +184,13 @@ def test_late_replies_never_reach_another_call(procs: ProcessGroup, figure_book)
     assert result.sent - result.failed > 0
     timeouts = metric_total(l1.metrics(), "fmlite_chunk_timeouts_total")
     violations = metric_total(l1.metrics(), "fmlite_downstream_failures_total", kind="ProtocolViolation")
-    assert timeouts > 0
     assert violations == 0
-    wait_for(lambda: l1.open_fds() <= l1_baseline + 2, timeout_s=5, what="L1's open descriptors returning to the baseline")
+    # Calls that replied in time leave their connections in the pool, as many per leaf as
+    # were busy at once (a few at this rate), so the descriptors may stay that far above the
+    # baseline. A timed-out connection that leaked would add one per timeout, far more.
+    pooled = 8
+    assert timeouts > 2 * pooled
+    wait_for(lambda: l1.open_fds() <= l1_baseline + pooled, timeout_s=5, what="L1's open descriptors returning to the baseline")
     figure_book.add(
         "leaves reply late (0-80 ms, timeout 40 ms)", **result.summary(), chunk_timeouts=int(timeouts),
         replies_for_another_call=len(wrong),
