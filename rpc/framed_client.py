@@ -7,27 +7,20 @@ that arrive while no call waits, or after the reply frame, close it too, so a la
 never be read by a later call. Every reply's method name and sequence id are also checked
 against the call (``codec.decode_reply``).
 
-Every method of the service only reads. So when the server closed a pooled connection before
-any reply byte arrived (it closed the connection while idle, or it is draining), the call is sent
-once more on a fresh connection within the same timeout.
+The deadline, the one resend on a connection the server closed before replying, and the
+typed errors come from ``rpc.pooled_client``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import logging
 import socket
-from typing import Any
 
-from rpc import codec
 from rpc.client import parse_address
-from rpc.errors import CallTimeout, TransportError
 from rpc.framed import FRAME_HEADER, split_transport
+from rpc.pooled_client import PooledThriftClient
 
 __all__ = ["ThriftFramedClient", "FramedPool", "DEFAULT_MAX_REPLY_BYTES"]
-
-logger = logging.getLogger(__name__)
 
 # Largest reply frame accepted. A 1,000-glance predict reply is about 10 KB; a larger length
 # means the peer is not a framed Thrift server of this platform.
@@ -192,61 +185,29 @@ class FramedPool:
             self._idle.pop().close()
 
 
-class ThriftFramedClient:
+class ThriftFramedClient(PooledThriftClient[FramedPool]):
     """Client of one ``framed://HOST:PORT`` address; safe to share between tasks of one event loop."""
+
+    closed_error = _ConnectionClosed
+    transport_errors = (_ConnectFailed, _ConnectionClosed, _MalformedReply)
 
     def __init__(self, address: str, *, pool_size: int = 64, connect_timeout_s: float = 1.0,
                  max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES):
         transport, host_port = split_transport(address)
         if transport != "framed":
             raise ValueError(f"invalid framed address {address!r}; expected framed://HOST:PORT")
+        super().__init__(address)
         self._host, self._port = parse_address(host_port)
-        self.address = address
         self._pool_size = pool_size
         self._connect_timeout_s = connect_timeout_s
         self._max_reply_bytes = max_reply_bytes
-        self._pool: FramedPool | None = None
-        self._seqids = itertools.count(1)
 
-    def _ensure_pool(self) -> FramedPool:
-        if self._pool is None:
-            self._pool = FramedPool(self._host, self._port, limit=self._pool_size, connect_timeout_s=self._connect_timeout_s,
-                                    max_reply_bytes=self._max_reply_bytes)
-        return self._pool
+    def _new_pool(self) -> FramedPool:
+        return FramedPool(self._host, self._port, limit=self._pool_size, connect_timeout_s=self._connect_timeout_s,
+                          max_reply_bytes=self._max_reply_bytes)
 
-    async def call(self, method: str, *, timeout_s: float, **arguments: Any) -> Any:
-        """Call ``method`` and return its result, raising its typed Thrift exception or an ``RpcError``.
+    async def _exchange(self, pool: FramedPool, message: bytes, *, method: str, fresh: bool) -> bytes:
+        return await pool.request(message, fresh=fresh)
 
-        ``timeout_s`` bounds the whole call, connection included; past it ``CallTimeout`` is raised
-        and the connection is closed.
-        """
-        if timeout_s <= 0:
-            raise CallTimeout(f"{method} to {self.address}: no time left (timeout {timeout_s * 1000:.1f} ms)")
-        seqid = next(self._seqids) & 0x7FFFFFFF
-        message = codec.encode_call(method, seqid, **arguments)
-        pool = self._ensure_pool()
-        try:
-            async with asyncio.timeout(timeout_s):
-                try:
-                    reply = await pool.request(message)
-                except _ConnectionClosed as error:
-                    if not (error.before_reply and error.reused):
-                        raise
-                    logger.debug("%s to %s: pooled connection closed before the reply (%s); sending once more", method, self.address, error)
-                    reply = await pool.request(message, fresh=True)
-        except TimeoutError:
-            raise CallTimeout(f"{method} to {self.address} timed out after {timeout_s * 1000:.1f} ms") from None
-        except (_ConnectFailed, _ConnectionClosed, _MalformedReply) as error:
-            raise TransportError(f"{method} to {self.address} failed: {error}") from None
-        return codec.decode_reply(reply, method, seqid)
-
-    async def predict(self, request: Any, *, timeout_s: float) -> Any:
-        return await self.call("predict", timeout_s=timeout_s, request=request)
-
-    async def health(self, *, timeout_s: float = 1.0) -> Any:
-        return await self.call("health", timeout_s=timeout_s)
-
-    async def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+    def _close_pool(self, pool: FramedPool) -> None:
+        pool.close()
