@@ -113,7 +113,7 @@ def parse_policy(raw: Any, where: str) -> ExplorationPolicy:
         raise ExploreConfigError(f"{where}.policy must be one of {sorted(_KEYS)}, got {policy!r}")
     unknown = set(raw) - _KEYS[policy]
     if unknown:
-        raise ExploreConfigError(f"{where} has unknown keys {sorted(unknown)}; a {policy} policy takes {sorted(_KEYS[policy])}")
+        raise ExploreConfigError(f"{where} has unknown keys {sorted(unknown)}; the {policy} policy takes {sorted(_KEYS[policy])}")
     slate_size = _integer(raw, "slate_size", where, default=10, low=1, high=1000)
     if policy == "epsilon_greedy":
         return EpsilonGreedy(

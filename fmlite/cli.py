@@ -439,7 +439,17 @@ def _run_build(args: argparse.Namespace) -> int:
 def _run_train(args: argparse.Namespace) -> int:
     from fmlite.launcher import train_artifacts
 
-    train_artifacts(data=args.data, out=args.out, num_shards=args.num_shards, epochs=args.epochs, seed=args.seed)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"error: --out {args.out} is a file; it must be a directory (the artifact root) or not exist yet", file=sys.stderr)
+        return 2
+    try:
+        train_artifacts(data=args.data, out=args.out, num_shards=args.num_shards, epochs=args.epochs, seed=args.seed)
+    except (ValueError, OSError) as error:
+        # Unreadable or malformed data (every format error of model/ is a ValueError), bad
+        # settings such as --epochs 0, and file-system errors under --out.
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -454,6 +464,9 @@ def _run_predict(args: argparse.Namespace) -> int:
     from rpc.idl import fmlite_thrift as T
 
     glances = [g for g in args.glances.split(",") if g]
+    if not glances:
+        print(f"error: --glances {args.glances!r} names no glance id; pass comma-separated ids", file=sys.stderr)
+        return 2
     request = T.PredictRequest(user_id=args.user, glance_ids=glances, variant=args.variant, timeout_ms=args.timeout_ms)
 
     async def call() -> object:
@@ -478,16 +491,25 @@ def _run_predict(args: argparse.Namespace) -> int:
             "model_version": response.model_version, "profile_version": response.profile_version,
             "cold_start_user": response.cold_start_user, "unknown_glances": response.unknown_glances,
             "scores": response.scores, "flags": flags,
+            # Set by L0 only: the user's bucket, and what its exploration policy or blend did.
+            "bucket": response.bucket, "explored_positions": response.explored_positions,
+            "scores_before_exploration": response.scores_before_exploration,
+            "variant_scores": response.variant_scores, "request_time_ms": response.request_time_ms,
+            "glance_stats_version": response.glance_stats_version,
         }))
         return 0
     print(f"# variant {response.variant}, shard {response.shard}, model {response.model_version}, "
           f"profiles {response.profile_version}, cold start {response.cold_start_user}")
+    if response.bucket:
+        print(f"# bucket {response.bucket}, explored positions {response.explored_positions or 0}")
     for glance, score, flag in zip(glances, response.scores, flags):
         notes = []
         if flag & T.FLAG_UNKNOWN_GLANCE:
             notes.append("unknown glance")
         if flag & T.FLAG_COLD_START_USER:
             notes.append("cold-start user")
+        if flag & T.FLAG_EXPLORED:
+            notes.append("explored")
         print(f"{glance}\t{score:.6f}" + (f"\t({', '.join(notes)})" if notes else ""))
     return 0
 
