@@ -298,6 +298,45 @@ def start_profile_store(var: Path) -> object:
     return server
 
 
+def l0_config_warnings(address: str) -> list[str]:
+    """Return one warning line per config or statistics error that L0's health call reports.
+
+    L0 starts on a traffic config whose glance statistics cannot be read yet (a release or a
+    statistics job may write them later), and its exploration buckets then skip exploring. The
+    error is in L0's log and health details; this brings it to the terminal of ``fmlite up``.
+    """
+    import asyncio
+
+    from rpc.client import ThriftHttpClient
+
+    async def ask() -> object:
+        client = ThriftHttpClient(address)
+        try:
+            return await client.health(timeout_s=5.0)
+        finally:
+            await client.close()
+
+    try:
+        details = asyncio.run(ask()).details or {}
+    except Exception as error:  # a warning helper must not stop a platform that started
+        return [f"warning: could not ask L0 at {address} for its health details: {type(error).__name__}: {error}"]
+    return config_warnings(details)
+
+
+def config_warnings(details: dict[str, str]) -> list[str]:
+    """Return the warning lines for the config and statistics errors in L0's health ``details``."""
+    lines = []
+    if "traffic_error" in details:
+        lines.append(f"warning: L0 rejected the traffic config and kept the last good one: {details['traffic_error']}")
+    if "glance_stats_error" in details:
+        error, loaded_version = details["glance_stats_error"], details.get("glance_stats_version", "none")
+        if loaded_version == "none":
+            lines.append(f"warning: L0 has no glance statistics ({error}); exploration buckets skip exploring until the file can be read")
+        else:
+            lines.append(f"warning: L0 cannot read new glance statistics ({error}); it keeps version {loaded_version}")
+    return lines
+
+
 def run_up(args: argparse.Namespace) -> int:
     """``fmlite up``: train when artifacts are missing, start the platform, serve or replay once."""
     from fmlite.serve import configure_logging
@@ -336,6 +375,8 @@ def _serve(args: argparse.Namespace, var: Path, *, leaf_args: list[str]) -> int:
     platform.start()
     try:
         print(f"L0 router listening on {platform.l0_address}", flush=True)
+        for line in l0_config_warnings(platform.l0_address):
+            print(line, flush=True)
         if args.once:
             from fmlite.replay import replay_test_day
 

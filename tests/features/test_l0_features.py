@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import urllib.request
 
 import numpy as np
 import pytest
 
-from feature_setup import BLEND_TRAFFIC, SHARDS, wait_until
+from feature_setup import BLEND_TRAFFIC, SHARDS, run_fmlite, wait_until
 from fmlite.glance_stats import STATS_FILE, read_glance_stats
 from fmlite.sharding import shard_of
 from rpc.client import ThriftHttpClient
@@ -121,6 +122,30 @@ def test_named_variant_skips_exploration(feature_platform, request_case):
     assert response.explored_positions is None
 
 
+def test_predict_command_shows_bucket_and_exploration(feature_platform, request_case):
+    user, glance_ids, _, _ = request_case
+    address = feature_platform.platform.l0_address
+    as_json = run_fmlite("predict", "--address", address, "--user", user, "--glances", ",".join(glance_ids), "--json", timeout_s=120)
+    assert as_json.code == 0, as_json.output
+    response = json.loads(as_json.output.strip().splitlines()[-1])
+    assert response["bucket"] == "fresh"
+    assert response["explored_positions"] == 1
+    assert len(response["scores_before_exploration"]) == len(glance_ids)
+    assert sorted(response["variant_scores"]) == ["cosine", "fmlite"]
+    assert response["glance_stats_version"]
+
+    as_text = run_fmlite("predict", "--address", address, "--user", user, "--glances", ",".join(glance_ids), timeout_s=120)
+    assert as_text.code == 0, as_text.output
+    assert "# bucket fresh, explored positions 1" in as_text.output
+    assert as_text.output.count("explored)") + as_text.output.count("explored,") == 1
+
+
+def test_predict_command_refuses_an_empty_glance_list(feature_platform):
+    result = run_fmlite("predict", "--address", feature_platform.platform.l0_address, "--user", "U1", "--glances", ",,", timeout_s=120)
+    assert result.code == 2
+    assert "names no glance id" in result.output
+
+
 def test_negative_request_time_is_invalid(feature_platform, request_case):
     user, glance_ids, _, _ = request_case
     with pytest.raises(T.InvalidRequest) as caught:
@@ -171,3 +196,31 @@ def test_traffic_config_reloads_without_restart(feature_platform, request_case):
         feature_platform.write_traffic(BLEND_TRAFFIC)
         wait_until(lambda: "traffic_error" not in health(l0).details and health(l0).details["traffic_version"] == old_version,
                    message="L0 returns to the first config")
+
+
+def test_up_warns_about_unreadable_glance_statistics(feature_platform):
+    from fmlite.launcher import l0_config_warnings
+
+    l0 = feature_platform.platform.l0_address
+    assert l0_config_warnings(l0) == []
+    loaded = health(l0).details["glance_stats_version"]
+    missing = copy.deepcopy(BLEND_TRAFFIC)
+    missing["glance_stats"] = {"path": "no-such-profiles", "reload_interval_s": 1}
+    try:
+        feature_platform.write_traffic(missing)
+        wait_until(lambda: health(l0).details.get("glance_stats_error"), message="L0 reports the missing statistics")
+        warnings = l0_config_warnings(l0)
+        assert len(warnings) == 1
+        assert "no-such-profiles" in warnings[0]
+        assert warnings[0].endswith(f"it keeps version {loaded}")
+    finally:
+        feature_platform.write_traffic(BLEND_TRAFFIC)
+        wait_until(lambda: "glance_stats_error" not in health(l0).details, message="L0 reads the statistics again")
+
+
+def test_warning_without_any_statistics_says_exploration_is_skipped():
+    from fmlite.launcher import config_warnings
+
+    lines = config_warnings({"glance_stats_version": "none", "glance_stats_error": "glance statistics not found: /x"})
+    assert lines == ["warning: L0 has no glance statistics (glance statistics not found: /x); exploration buckets skip exploring until the file can be read"]
+    assert config_warnings({"traffic_error": "bad weights"}) == ["warning: L0 rejected the traffic config and kept the last good one: bad weights"]
