@@ -246,10 +246,14 @@ def _run_l0(args: argparse.Namespace) -> int:
 
     from controller.replicas import parse_replica_list
     from controller.router import Router, RouterConfig
-    from controller.traffic import load_traffic
+    from controller.traffic import TrafficConfigError, load_traffic
     from fmlite.serve import configure_logging, install_event_loop, run_server
 
     configure_logging("l0", args.log_level)
+    try:
+        traffic = load_traffic(args.traffic)
+    except TrafficConfigError as error:
+        raise SystemExit(f"invalid traffic config: {error}") from None
     shards: dict[int, tuple[str, ...]] = {}
     for entry in args.shard:
         key, _, addresses = entry.partition("=")
@@ -257,7 +261,7 @@ def _run_l0(args: argparse.Namespace) -> int:
             raise SystemExit(f"invalid --shard {entry!r}; expected K=HOST:PORT[,HOST:PORT]")
         shards[int(key)] = tuple(parse_replica_list(addresses))
     config = RouterConfig(
-        shards=shards, traffic=load_traffic(args.traffic), default_timeout_ms=args.deadline_ms, replica_policy=_replica_policy(args)
+        shards=shards, traffic=traffic, default_timeout_ms=args.deadline_ms, replica_policy=_replica_policy(args)
     )
     registry = CollectorRegistry()
     handler = Router(config, registry=registry)

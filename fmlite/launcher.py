@@ -343,6 +343,15 @@ def run_up(args: argparse.Namespace) -> int:
 
     configure_logging("up")
     var = Path(args.var)
+    if args.traffic:
+        from controller.traffic import load_traffic
+
+        try:
+            # The same check L0 runs at start, done before any training or process start.
+            load_traffic(args.traffic)
+        except ValueError as error:
+            print(f"error: invalid traffic config: {error}", file=sys.stderr, flush=True)
+            return 2
     if not artifacts_present(var):
         print(f"no trained artifacts under {var}; building profiles and training on {args.data}", flush=True)
         train_artifacts(data=args.data, out=str(var), num_shards=args.shards, epochs=None, seed=7)
