@@ -307,17 +307,10 @@ def l0_config_warnings(address: str) -> list[str]:
     """
     import asyncio
 
-    from rpc.client import ThriftHttpClient
-
-    async def ask() -> object:
-        client = ThriftHttpClient(address)
-        try:
-            return await client.health(timeout_s=5.0)
-        finally:
-            await client.close()
+    from fmlite.release_wait import fetch_health
 
     try:
-        details = asyncio.run(ask()).details or {}
+        details = asyncio.run(fetch_health(address)).details or {}
     except Exception as error:  # a warning helper must not stop a platform that started
         return [f"warning: could not ask L0 at {address} for its health details: {type(error).__name__}: {error}"]
     return config_warnings(details)

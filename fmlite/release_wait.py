@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from rpc.framed import client_for
 
-__all__ = ["DiscoveryError", "LeafStatus", "discover_leaves", "leaf_statuses", "wait_for_versions"]
+__all__ = ["DiscoveryError", "LeafStatus", "discover_leaves", "fetch_health", "leaf_statuses", "wait_for_versions"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ class LeafStatus:
         return f"{self.address} {state}, model {self.model_version}, profiles {self.profile_version}"
 
 
-async def _health(address: str) -> object:
-    # A leaf address may name the framed listener (framed://HOST:PORT) or the HTTP one.
+async def fetch_health(address: str) -> object:
+    """Return the health response of the server at ``address`` (HTTP, or ``framed://`` for a leaf)."""
     client = client_for(address, pool_size=1)
     try:
         return await client.health(timeout_s=_HEALTH_TIMEOUT_S)
@@ -62,7 +62,7 @@ def _split(text: str | None) -> list[str]:
 
 async def _discover(l0: str) -> list[str]:
     try:
-        health = await _health(l0)
+        health = await fetch_health(l0)
     except Exception as error:
         raise DiscoveryError(f"health call to L0 at {l0} failed: {type(error).__name__}: {error}") from None
     details = health.details or {}
@@ -73,7 +73,7 @@ async def _discover(l0: str) -> list[str]:
     for key in shards:
         for l1 in _split(details[key]):
             try:
-                l1_health = await _health(l1)
+                l1_health = await fetch_health(l1)
             except Exception as error:
                 raise DiscoveryError(f"health call to L1 {l1} of {key.replace('l1_shard_', 'shard ')} failed: {error}") from None
             found = _split((l1_health.details or {}).get("leaves"))
@@ -95,7 +95,7 @@ def discover_leaves(*, l0: str | None = None, leaves: Sequence[str] = ()) -> lis
 async def _statuses(addresses: Sequence[str]) -> list[LeafStatus]:
     async def one(address: str) -> LeafStatus:
         try:
-            health = await _health(address)
+            health = await fetch_health(address)
         except Exception as error:
             return LeafStatus(address=address, error=f"{type(error).__name__}: {error}"[:200])
         return LeafStatus(address=address, ready=bool(health.ready), model_version=health.model_version, profile_version=health.profile_version)

@@ -1,10 +1,10 @@
 """The call path that the HTTP and the framed Thrift clients share: deadline, one resend, typed errors.
 
 A subclass owns a connection pool, exchanges one encoded call for its reply (``_exchange``)
-and names the pool errors that mean the transport failed. Every method of the service
-only reads, so a call whose pooled connection the server closed before any reply byte arrived
-(a keep-alive race, or a server that is draining) is sent once more on a fresh connection,
-within the same deadline.
+and names the pool errors that mean the transport failed. Every method of the service only
+reads, so resending a call is safe. When the server closed a pooled connection before any reply
+byte arrived (a keep-alive race, or a draining server), the call is sent once more on a fresh
+connection within the same deadline.
 """
 
 from __future__ import annotations

@@ -195,8 +195,8 @@ async def test_requests_never_mix_versions_during_switches(workspace, random_mod
     try:
         copy_version(random_model, base, 2)
         derive_snapshot(root, real_model.manifest.version, real_model.manifest.version + 1, scale=0.25)
-        # One poll may pick up the new model and the new profiles together, so the final state
-        # can follow the first one directly; wait for a response from it, not for a count of states.
+        # One poll may pick up the new model and the new profiles together, so the final state can
+        # follow the first one directly. The loop waits for a response from it, not for a state count.
         final = ("2", str(real_model.manifest.version + 1))
         deadline = time.monotonic() + 90
         served_final = False
